@@ -1,0 +1,53 @@
+"""The library entry point: check one scenario on one kernel (and maybe a mutant).
+
+Everything the CLI, the tests and the benchmarks run goes through ``check``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tdpmmu.explore.result import Limits, Result
+from tdpmmu.explore.search.base import Progress
+from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.kvm.mutants import MUTANTS, build_kernel
+from tdpmmu.kvm.program import KvmProgram
+from tdpmmu.kvm.scenarios import SCENARIOS
+from tdpmmu.kvm.versions import DEFAULT_KERNEL, KERNELS
+
+
+class BadInput(ValueError):
+    """An unknown name or a bad number: the CLI prints it on one line and exits 2."""
+
+
+def _pick(kind: str, name: str, table: dict[str, object]) -> None:
+    if name not in table:
+        raise BadInput(f"unknown {kind} {name!r}; known: {', '.join(table)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    scenario: str
+    kernel: str = DEFAULT_KERNEL
+    mutant: str | None = None
+    vcpus: int = 2
+    cache: bool = True
+
+    def validate(self) -> None:
+        _pick("scenario", self.scenario, SCENARIOS)  # type: ignore[arg-type]
+        _pick("kernel", self.kernel, KERNELS)  # type: ignore[arg-type]
+        if self.mutant is not None:
+            _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
+        if not 1 <= self.vcpus <= 8:
+            raise BadInput(f"--vcpus must be between 1 and 8, not {self.vcpus}")
+
+    def program(self) -> KvmProgram:
+        self.validate()
+        kernel = build_kernel(KERNELS[self.kernel], MUTANTS[self.mutant] if self.mutant else None)
+        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus)
+
+
+def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:
+    """Explore every interleaving of the scenario (within the limits)."""
+    program = config.program()
+    return DepthFirst(program, limits or Limits(), progress, cache=config.cache).run()

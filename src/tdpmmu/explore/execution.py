@@ -1,0 +1,300 @@
+"""One execution of a program: its world, its threads, stepping and fingerprinting.
+
+Python generators cannot be copied, so how an earlier state comes back decides the
+explorer's speed (numbers in docs/design.md):
+
+* the world is a flat dict, copied into a snapshot whenever the depth-first search
+  pushes a state, and copied back when it returns there;
+* every value a thread reads while it steps goes into that thread's input log. A thread
+  is a deterministic function of its reads and branch choices, so after a restore a
+  thread whose generator ran ahead is rebuilt *lazily*, only when it next steps, by
+  re-running its own code against its own log (``ReplayWorld``), not the whole schedule.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from types import FrameType, FunctionType, GeneratorType
+from typing import Any
+
+from tdpmmu.explore.program import Program, ThreadSpec
+from tdpmmu.explore.runtime import (
+    INLINE_CODE,
+    PRIMITIVE_CODE,
+    Op,
+    ReplayWorld,
+    Violation,
+    set_world,
+)
+
+Transition = tuple[int, int]  # (thread id, branch index)
+Schedule = list[Transition]
+
+DONE_FP = 0  # fingerprint of a finished thread
+
+
+@dataclass
+class TraceStep:
+    index: int
+    tid: int
+    thread: str
+    function: str  # innermost model function (kernel name) running the step
+    stack: list[str]  # model call chain, outermost first
+    action: str  # the primitive, e.g. "read_lock(mmu_lock)"
+    notes: list[str] = field(default_factory=list)  # what it did, e.g. "2 -> 1"
+
+
+class ThreadState:
+    __slots__ = (
+        "alive",
+        "choices",
+        "daemon",
+        "gen",
+        "group",
+        "log",
+        "marks",
+        "name",
+        "pending",
+        "pos",
+        "spec",
+        "steps",
+    )
+
+    def __init__(self, spec: ThreadSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.daemon = spec.daemon
+        self.group = spec.group
+        self.gen: GeneratorType = spec.start()  # type: ignore[type-arg, assignment]
+        self.pending: Op | None = None
+        self.alive = True
+        self.steps = 0  # steps taken in the current state
+        self.pos = 0  # steps the live generator has taken (> steps: it ran ahead)
+        self.log: list[Any] = []  # values read, in order
+        self.marks: list[int] = []  # marks[n] = len(log) after n steps
+        self.choices: list[int] = []  # branch sent at each step
+
+
+ThreadSnap = tuple[int, bool, "Op | None", int]  # steps, alive, pending, fingerprint
+
+
+@dataclass
+class Snapshot:
+    world: tuple[Any, ...]
+    threads: list[ThreadSnap]
+    depth: int
+
+
+def _frames(gen: GeneratorType) -> list[FrameType]:  # type: ignore[type-arg]
+    """The chain of generator frames a thread is suspended in, outermost first."""
+    out = []
+    g = gen
+    while isinstance(g, GeneratorType) and g.gi_frame is not None:
+        out.append(g.gi_frame)
+        g = g.gi_yieldfrom
+    return out
+
+
+def model_stack(gen: GeneratorType) -> list[str]:  # type: ignore[type-arg]
+    return [f.f_code.co_name for f in _frames(gen)
+            if f.f_code not in PRIMITIVE_CODE and f.f_code not in INLINE_CODE]
+
+
+def _value(v: object) -> object:
+    """A local as a value: a closure (e.g. a wait condition) by its code and captures,
+    not by identity, so a rebuilt thread fingerprints like the original."""
+    if type(v) is FunctionType:
+        cells = v.__closure__ or ()
+        return (v.__code__, *(_value(c.cell_contents) for c in cells))
+    return v
+
+
+def thread_fingerprint(gen: GeneratorType) -> int:  # type: ignore[type-arg]
+    """Position (code, instruction offset) and live locals of every frame of a thread."""
+    parts = []
+    g = gen
+    while isinstance(g, GeneratorType):
+        f = g.gi_frame
+        if f is None:
+            break
+        parts.append((g.gi_code, f.f_lasti, *map(_value, f.f_locals.values())))
+        g = g.gi_yieldfrom
+    return hash(tuple(parts))
+
+
+class Execution:
+    """A program being run under the engine's control."""
+
+    def __init__(self, program: Program, *, tracing: bool = False, max_steps: int = 0) -> None:
+        self.program = program
+        world, specs = program.build()
+        self.world = world
+        world.tracing = tracing
+        world.thread_names = [s.name for s in specs]
+        self.threads = [ThreadState(s) for s in specs]
+        self.fps = [DONE_FP] * len(self.threads)
+        self.max_steps = max_steps
+        self.trace: list[TraceStep] = []
+        self.depth = 0
+        self.rebuilt = 0  # steps re-run to rebuild generators (a cost measure)
+        set_world(world)
+        for tid in range(len(self.threads)):  # run each thread to its first point
+            self._resume(tid, None)
+
+    # -- stepping -------------------------------------------------------------------
+    def _resume(self, tid: int, choice: int | None) -> None:
+        t = self.threads[tid]
+        w = self.world
+        w.tid = tid
+        w.log = t.log
+        try:
+            t.pending = t.gen.send(choice)
+        except StopIteration:
+            self._end(t, tid)
+        except Exception as exc:  # model code raised: a model error, never a crash
+            self._end(t, tid)
+            self._model_error(exc)
+        else:
+            try:
+                self.fps[tid] = thread_fingerprint(t.gen)
+            except TypeError as exc:  # an unhashable local: the model must use values
+                w.report("model-error", f"thread {t.name} holds an unhashable local: {exc}")
+        finally:
+            w.log = None
+        if choice is not None:
+            t.choices.append(choice)
+            t.steps += 1
+            t.pos += 1
+        t.marks.append(len(t.log))
+
+    def _end(self, t: ThreadState, tid: int) -> None:
+        t.pending = None
+        t.alive = False
+        self.fps[tid] = DONE_FP
+
+    def _model_error(self, exc: Exception) -> None:
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = next((fr.name for fr in reversed(tb) if "tdpmmu/explore" not in fr.filename), "?")
+        if self.world.violation is None:
+            self.world.violation = Violation(
+                "model-error", f"{type(exc).__name__}: {exc}", function=where,
+                details="".join(traceback.format_exception(exc)),
+            )
+
+    def _rebuild(self, tid: int) -> None:
+        """Bring a thread's generator back to its current step from its own log."""
+        t = self.threads[tid]
+        n = t.steps
+        set_world(ReplayWorld(t.log, tid, self.world.thread_names))
+        try:
+            gen = t.spec.start()
+            next(gen)
+            for c in t.choices[:n]:
+                gen.send(c)
+        finally:
+            set_world(self.world)
+        t.gen = gen  # type: ignore[assignment]
+        t.pos = n
+        self.rebuilt += n
+
+    def step(self, tr: Transition) -> Violation | None:
+        """Run one scheduling step. Returns the violation it caused, if any."""
+        tid, choice = tr
+        t = self.threads[tid]
+        if t.pos != t.steps:
+            self._rebuild(tid)
+        w = self.world
+        set_world(w)
+        if w.tracing:
+            assert t.pending is not None
+            stack = model_stack(t.gen)
+            record = TraceStep(
+                self.depth, tid, t.name, stack[-1] if stack else t.name, stack,
+                t.pending.label() + (f" [branch {choice}]" if t.pending.choices > 1 else ""),
+            )
+            w.notes = record.notes
+            self.trace.append(record)
+        self._resume(tid, choice)
+        self.depth += 1
+        v = w.violation
+        if v is None and self.max_steps and t.steps > self.max_steps:
+            w.report("livelock", f"{t.name} took more than {self.max_steps} steps: unbounded retry?")
+            v = w.violation
+        if v is None:
+            self.program.check_state(w)
+            v = w.violation
+        if v is not None:
+            if not v.thread:
+                v.thread = t.name
+            if not v.function:
+                stack = model_stack(t.gen) if t.alive else []
+                v.function = stack[-1] if stack else (self.trace[-1].function if self.trace else "")
+        return v
+
+    # -- observing ------------------------------------------------------------------
+    def finished(self) -> bool:
+        return not any(t.alive and not t.daemon for t in self.threads)
+
+    def enabled(self) -> list[Transition]:
+        """Every transition that can run now. Empty once all non-daemon threads are done."""
+        if self.finished():
+            return []
+        set_world(self.world)
+        out = []
+        for tid, t in enumerate(self.threads):
+            op = t.pending
+            if op is None:
+                continue
+            g = op.guard
+            if g is None or g():
+                if op.choices == 1:
+                    out.append((tid, 0))
+                else:
+                    out.extend((tid, c) for c in range(op.choices))
+        return out
+
+    def fingerprint(self) -> int:
+        return hash((self.world.h, *self.fps))
+
+    def deadlock(self) -> Violation:
+        blocked = [f"{t.name} waits in {t.pending.label()}" for t in self.threads
+                   if t.alive and not t.daemon and t.pending is not None]
+        return Violation("deadlock", "every live thread is blocked: " + "; ".join(blocked))
+
+    def finish(self) -> Violation | None:
+        """End-of-execution checks (leaks, teardown invariants)."""
+        set_world(self.world)
+        self.program.check_final(self.world)
+        return self.world.violation
+
+    # -- restoring ------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            self.world.snapshot(),
+            [(t.steps, t.alive, t.pending, self.fps[i]) for i, t in enumerate(self.threads)],
+            self.depth,
+        )
+
+    def restore(self, snap: Snapshot) -> None:
+        """Go back to an *ancestor* of the current state (depth-first backtracking):
+        every thread's history is then a prefix of what it has logged."""
+        self.world.restore(snap.world)
+        for tid, (steps, alive, pending, fp) in enumerate(snap.threads):
+            t = self.threads[tid]
+            t.steps, t.alive, t.pending = steps, alive, pending
+            self.fps[tid] = fp
+            del t.log[t.marks[steps]:]
+            del t.marks[steps + 1:]
+            del t.choices[steps:]
+        self.depth = snap.depth
+
+    @classmethod
+    def replay(
+        cls, program: Program, schedule: Schedule, *, tracing: bool = False, max_steps: int = 0
+    ) -> Execution:
+        """Run ``schedule`` from the initial state (counterexamples, ``tdpmmu replay``)."""
+        ex = cls(program, tracing=tracing, max_steps=max_steps)
+        for tr in schedule:
+            ex.step(tr)
+        return ex

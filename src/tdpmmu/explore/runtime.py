@@ -1,0 +1,274 @@
+"""The private runtime under every model: shared memory, scheduling points, violations.
+
+Model threads are Python generators. A thread runs its own code atomically between two
+scheduling points; at each point it yields an :class:`Op` saying what it is about to do
+and whether it can do it now (its guard). The engine picks which thread to resume.
+
+All shared state lives in one :class:`World` as a flat map of cells ``(oid, field) ->
+immutable value``. Keeping it flat buys three things the search needs on every step:
+an O(1) incremental fingerprint, a per-step record of what was read and written, and a
+single place to poison freed memory.
+
+This module knows nothing about kernels or KVM; ``tdpmmu.kernel`` builds the kernel API
+on top of it and ``tdpmmu.explore`` drives it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Generator, Hashable
+from dataclasses import dataclass, field
+from types import CodeType
+from typing import Any, TypeVar
+
+Key = tuple[int, str]
+Guard = Callable[[], bool]
+Thread = Generator["Op", int, None]
+"""A model thread: yields an Op at each scheduling point, receives the chosen branch."""
+
+_MISSING = object()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Op:
+    """What a thread is about to do at a scheduling point.
+
+    ``guard`` is None for steps that are always enabled; otherwise the thread is
+    blocked (disabled, not spinning) until ``guard()`` is true. ``choices > 1`` makes the
+    step a nondeterministic branch: the engine explores each index and sends it back.
+    The label is built lazily from ``name`` and ``args`` because only traces need it.
+    """
+
+    __slots__ = ("args", "choices", "guard", "name")
+
+    def __init__(
+        self, name: str, *args: object, guard: Guard | None = None, choices: int = 1
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.guard = guard
+        self.choices = choices
+
+    def label(self) -> str:
+        return f"{self.name}({', '.join(str(a) for a in self.args)})"
+
+
+@dataclass
+class Violation:
+    """A property the model broke, as the primitive that noticed it describes it."""
+
+    kind: str  # e.g. "KVM_BUG_ON", "WARNING", "use-after-free", "deadlock", "model-error"
+    message: str
+    function: str = ""
+    thread: str = ""
+    details: str = ""  # e.g. the Python traceback of a model error
+
+
+NEXT_OID: Key = (-1, "next_oid")
+
+
+class World:
+    """Shared memory of one execution, plus who is running now.
+
+    ``h`` is the XOR of ``hash((key, value))`` over all cells, updated on every write, so
+    fingerprinting a state costs nothing extra. ``freed`` mirrors the poisoned objects
+    so that the use-after-free check on every field access is a set lookup.
+
+    While a thread steps, every value it reads is appended to ``log`` (the thread's own
+    input log): a thread is a deterministic function of its reads and branch choices, so
+    ``ReplayWorld`` can rebuild its generator from the log alone, without re-running
+    anyone else.
+    """
+
+    __slots__ = (
+        "accesses",
+        "cells",
+        "freed",
+        "h",
+        "log",
+        "notes",
+        "thread_names",
+        "tid",
+        "tracing",
+        "violation",
+    )
+
+    def __init__(self) -> None:
+        self.cells: dict[Key, Hashable] = {NEXT_OID: 1}
+        self.h = hash((NEXT_OID, 1))
+        self.freed: set[int] = set()
+        self.tid = -1
+        self.thread_names: list[str] = []
+        self.violation: Violation | None = None
+        self.tracing = False
+        self.notes: list[str] = []
+        self.log: list[Any] | None = None
+        # Per-step (key, is_write) log, kept only when a search needs dependencies.
+        self.accesses: list[tuple[Key, bool]] | None = None
+
+    # -- memory ---------------------------------------------------------------------
+    def get(self, key: Key) -> Any:
+        if key[0] in self.freed:
+            self.use_after_free(key)
+        return self.peek(key)
+
+    def peek(self, key: Key) -> Any:
+        """Read without the use-after-free check (metadata such as names and types)."""
+        value = self.cells[key]
+        if self.log is not None:
+            self.log.append(value)
+        if self.accesses is not None:
+            self.accesses.append((key, False))
+        return value
+
+    def set(self, key: Key, value: Hashable) -> None:
+        if key[0] in self.freed:
+            self.use_after_free(key)
+        if self.accesses is not None:
+            self.accesses.append((key, True))
+        cells = self.cells
+        old = cells.get(key, _MISSING)
+        if old is not _MISSING:
+            if old == value:
+                return
+            self.h ^= hash((key, old))
+        self.h ^= hash((key, value))
+        cells[key] = value
+
+    def alloc(self, kind: type, name: str) -> int:
+        """A new object id. Ids count up in each execution, so replaying a schedule
+        yields the same ids."""
+        oid: int = self.peek(NEXT_OID)
+        self.set(NEXT_OID, oid + 1)
+        self.set((oid, "__type__"), kind)
+        self.set((oid, "__name__"), name or f"{getattr(kind, 'C_NAME', '') or kind.__name__}{oid}")
+        self.set((oid, "__live__"), True)
+        return oid
+
+    def type_of(self, oid: int) -> Any:
+        return self.peek((oid, "__type__"))
+
+    def name_of(self, oid: int) -> str:
+        return str(self.peek((oid, "__name__")))
+
+    def oids(self) -> range:
+        return range(1, self.peek(NEXT_OID))
+
+    def is_freed(self, oid: int) -> bool:
+        return not self.peek((oid, "__live__"))
+
+    def free(self, oid: int) -> None:
+        """Poison an object: from now on any access to it is a use-after-free."""
+        self.set((oid, "__live__"), False)
+        self.freed.add(oid)
+
+    def use_after_free(self, key: Key) -> None:
+        self.report("use-after-free", f"access to {key[1]} of freed {self.name_of(key[0])}")
+
+    # -- snapshots (restoring an ancestor state in a depth-first search) -------------
+    def snapshot(self) -> tuple[dict[Key, Hashable], int, frozenset[int]]:
+        return self.cells.copy(), self.h, frozenset(self.freed)
+
+    def restore(self, snap: tuple[dict[Key, Hashable], int, frozenset[int]]) -> None:
+        cells, self.h, freed = snap
+        self.cells = cells.copy()
+        self.freed = set(freed)
+        self.violation = None
+
+    # -- reporting ------------------------------------------------------------------
+    def report(self, kind: str, message: str) -> None:
+        """Record a violation. The thread keeps running, like the kernel after a WARN;
+        the engine ends the execution after the current step."""
+        if self.violation is None:
+            self.violation = Violation(kind, message, function=_model_caller())
+
+    def note(self, text: str) -> None:
+        """Say what a step did (e.g. a refcount's new value); kept only for traces."""
+        if self.tracing:
+            self.notes.append(text)
+
+    @property
+    def thread_name(self) -> str:
+        return self.thread_names[self.tid] if self.tid >= 0 else "?"
+
+
+class ReplayWorld(World):
+    """What a thread sees while its generator is rebuilt: its own logged reads, in order.
+    Writes, frees and reports are dropped: they already happened in the real world."""
+
+    __slots__ = ("_reads",)
+
+    def __init__(self, reads: list[Any], tid: int, thread_names: list[str]) -> None:
+        super().__init__()
+        self._reads = iter(reads)
+        self.tid = tid
+        self.thread_names = thread_names
+
+    def get(self, key: Key) -> Any:
+        return next(self._reads)
+
+    def peek(self, key: Key) -> Any:
+        return next(self._reads)
+
+    def set(self, key: Key, value: Hashable) -> None:
+        pass
+
+    def free(self, oid: int) -> None:
+        pass
+
+    def report(self, kind: str, message: str) -> None:
+        pass
+
+
+def _model_caller() -> str:
+    """The innermost model function on the Python stack: who hit the WARN/BUG."""
+    f = sys._getframe(2)
+    while f is not None:
+        code = f.f_code
+        if code.co_name in ("check_state", "check_final"):
+            return ""  # a Program's invariant: the engine names the step instead
+        module = f.f_globals.get("__name__", "")
+        if not module.startswith(("tdpmmu.explore", "tdpmmu.kernel")) and code not in INLINE_CODE:
+            return code.co_name
+        f = f.f_back  # type: ignore[assignment]
+    return ""
+
+
+@dataclass
+class _Current:
+    world: World = field(default_factory=World)
+
+
+_current = _Current()
+
+
+def world() -> World:
+    """The world of the execution being stepped (the facade's handle on the runtime)."""
+    return _current.world
+
+
+def set_world(w: World) -> None:
+    _current.world = w
+
+
+# Code objects of primitives: traces name the innermost frame that is *not* one of these,
+# so a step reads "kvm_tdp_mmu_put_root: refcount_dec_and_test(...)".
+PRIMITIVE_CODE: set[CodeType] = set()
+
+
+def primitive(fn: F) -> F:
+    """Mark a function as a kernel primitive (a scheduling point, not model code)."""
+    PRIMITIVE_CODE.add(fn.__code__)
+    return fn
+
+
+# Code objects of model helpers that are part of their caller in the kernel (a loop
+# body or a block split out so that a version or mutant can override just that part).
+# Traces and splats attribute their steps to the calling kernel function.
+INLINE_CODE: set[CodeType] = set()
+
+
+def inline(fn: F) -> F:
+    """Mark a model helper as part of its caller (see INLINE_CODE)."""
+    INLINE_CODE.add(fn.__code__)
+    return fn

@@ -1,0 +1,101 @@
+"""Exhaustive depth-first search, with or without a visited-state cache.
+
+With the cache (the default) a state whose fingerprint was seen before is not expanded
+again. The fingerprint covers the whole world and every thread's frames and locals, so
+for safety properties this prunes nothing reachable (the cross-check tests compare it
+against the cache-less search). Without the cache every interleaving is run to its end.
+"""
+
+from __future__ import annotations
+
+from tdpmmu.explore.execution import Execution, Schedule, Transition
+from tdpmmu.explore.runtime import Violation
+from tdpmmu.explore.search.base import Search
+
+
+class DepthFirst(Search):
+    def __init__(self, *args: object, cache: bool = True, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cache = cache
+        self.final_states: set[int] = set()  # fingerprints of finished executions
+
+    def explore(self) -> tuple[Violation, Schedule] | None:
+        ex: Execution = self.new_execution()
+        try:
+            return self._dfs(ex)
+        finally:
+            self.stats.replayed = ex.rebuilt
+
+    def _dfs(self, ex: Execution) -> tuple[Violation, Schedule] | None:
+        stats = self.stats
+        visited = {ex.fingerprint()}
+        stats.states = 1
+        first = self._expand(ex, [])
+        if isinstance(first, tuple):
+            return first
+        # stack[i] = enabled transitions at depth i; cursor[i] = the next one to try;
+        # snaps[i] = the state at depth i, to come back to.
+        stack: list[list[Transition]] = [first]
+        cursor = [0]
+        snaps = [ex.snapshot()]
+        path: Schedule = []  # transitions from the initial state to the top of the stack
+        live = True  # does `ex` stand at the top of the stack?
+        while stack:
+            self.tick()
+            i = cursor[-1]
+            todo = stack[-1]
+            if i >= len(todo):
+                stack.pop()
+                cursor.pop()
+                snaps.pop()
+                if path:
+                    path.pop()
+                live = False
+                continue
+            cursor[-1] = i + 1
+            tr = todo[i]
+            if not live:
+                ex.restore(snaps[-1])
+            live = False
+            stats.transitions += 1
+            violation = ex.step(tr)
+            if violation is not None:
+                stats.executions += 1
+                return violation, [*path, tr]
+            if self.cache:
+                fp = ex.fingerprint()
+                if fp in visited:
+                    stats.executions += 1
+                    continue
+                visited.add(fp)
+            stats.states += 1
+            path.append(tr)
+            nxt = self._expand(ex, path)
+            if isinstance(nxt, tuple):
+                return nxt
+            if not nxt:
+                path.pop()
+                continue
+            stack.append(nxt)
+            cursor.append(0)
+            snaps.append(ex.snapshot())
+            live = True
+            if len(path) > stats.max_depth:
+                stats.max_depth = len(path)
+        return None
+
+    def _expand(
+        self, ex: Execution, path: Schedule
+    ) -> list[Transition] | tuple[Violation, Schedule]:
+        """Enabled transitions of the current state; at a dead end, judge the execution."""
+        enabled = ex.enabled()
+        if enabled:
+            return enabled
+        self.stats.executions += 1
+        if not ex.finished():
+            return ex.deadlock(), list(path)
+        violation = ex.finish()
+        if violation is not None:
+            return violation, list(path)
+        self.final_states.add(ex.fingerprint())
+        return []

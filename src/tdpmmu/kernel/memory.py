@@ -1,0 +1,135 @@
+"""C structs whose fields live in the runtime's shared memory.
+
+A model object is a handle: ``(oid, prefix)``. Reading ``root.role.invalid`` reads the
+cell ``(oid, "role.invalid")`` of the current world, so the same handle is valid in every
+replay of a schedule, handles are hashable values (they may sit in thread locals and be
+fingerprinted), and freeing an object poisons every field at once.
+
+Field access is *not* a scheduling point: it is the plain C access that happens between
+two points, protected by whatever lock the model holds. Accesses that race on purpose go
+through ``READ_ONCE``/``WRITE_ONCE`` (``tdpmmu.kernel.atomic``), which are points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, ClassVar, TypeVar, overload
+
+from tdpmmu.explore.runtime import world
+
+S = TypeVar("S", bound="Struct")
+T = TypeVar("T")
+
+
+class Field:
+    """A plain field: ``Field()`` in a class body."""
+
+    def __init__(self, default: Hashable = 0) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Field: ...
+    @overload
+    def __get__(self, obj: Struct, owner: type) -> Any: ...
+    def __get__(self, obj: Struct | None, owner: type) -> Any:
+        if obj is None:
+            return self
+        return world().get((obj.oid, obj.prefix + self.name))
+
+    def __set__(self, obj: Struct, value: Hashable) -> None:
+        world().set((obj.oid, obj.prefix + self.name), value)
+
+
+class Embedded:
+    """A struct embedded by value (``struct list_head link;``): same object, own fields."""
+
+    def __init__(self, cls: type[Struct]) -> None:
+        self.cls = cls
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Struct | None, owner: type) -> Any:
+        if obj is None:
+            return self
+        return self.cls(obj.oid, obj.prefix + self.name + ".")
+
+
+class Struct:
+    """Base of every modeled struct. Subclasses declare ``Field``s and ``Embedded``s."""
+
+    __slots__ = ("oid", "prefix")
+    C_NAME: ClassVar[str] = ""  # how traces name it, e.g. "root"
+
+    def __init__(self, oid: int, prefix: str = "") -> None:
+        self.oid = oid
+        self.prefix = prefix
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and other.oid == self.oid  # type: ignore[attr-defined]
+            and other.prefix == self.prefix  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.oid, self.prefix))
+
+    def __repr__(self) -> str:
+        name = world().name_of(self.oid)
+        return f"{name}.{self.prefix[:-1]}" if self.prefix else name
+
+    def container(self) -> Struct:
+        """``container_of``: the top-level object this (embedded) struct belongs to."""
+        obj: Struct = world().type_of(self.oid)(self.oid)
+        return obj
+
+
+_LAYOUTS: dict[type, tuple[tuple[str, Hashable], ...]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, Hashable], ...]:
+    """Every plain field of ``cls``, embedded structs flattened: ("role.invalid", False)."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        out: list[tuple[str, Hashable]] = []
+        for klass in reversed(cls.__mro__):
+            for name, attr in vars(klass).items():
+                if isinstance(attr, Field):
+                    out.append((name, attr.default))
+                elif isinstance(attr, Embedded):
+                    out.extend((f"{name}.{sub}", d) for sub, d in _layout(attr.cls))
+        layout = _LAYOUTS[cls] = tuple(out)
+    return layout
+
+
+def kzalloc(cls: type[S], name: str = "", **fields: Hashable) -> S:
+    """Allocate a zeroed object (every field at its default), then set ``fields``."""
+    w = world()
+    oid = w.alloc(cls, name)
+    for path, default in _layout(cls):
+        w.set((oid, path), default)
+    obj = cls(oid)
+    for field_name, value in fields.items():
+        setattr(obj, field_name, value)
+    return obj
+
+
+def kfree(obj: Struct) -> None:
+    """Poison the object: later accesses are reported as use-after-free."""
+    world().free(obj.oid)
+
+
+def objects_of(cls: type[S], *, live_only: bool = False) -> list[S]:
+    """Every object of type ``cls`` allocated so far (the model's view of a slab)."""
+    w = world()
+    return [
+        cls(oid)
+        for oid in w.oids()
+        if w.type_of(oid) is cls and not (live_only and w.is_freed(oid))
+    ]

@@ -1,0 +1,101 @@
+"""RCU: read-side sections, call_rcu, rcu_barrier, and the callback runner.
+
+Grace periods are modeled by who they wait for: ``call_rcu`` records the threads that
+are inside a read-side section at that moment, and the callback becomes runnable once
+each of them has left its (outermost) section. Readers that start later are not waited
+for, exactly the guarantee RCU gives. Callbacks run on a daemon thread
+(``rcu_callback_thread``), in any order among the runnable ones' oldest first.
+
+The state lives at the reserved object id 0 so every program gets it for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.kernel.memory import Field, Struct
+
+RcuCallback = Callable[[Any], object]
+
+
+class _RcuState(Struct):
+    readers = Field(frozenset())  # {(tid, nesting depth)} of threads in a read section
+    pending = Field(())  # ((object, callback, frozenset(tids still to wait for)), ...)
+
+
+RCU = _RcuState(0)
+
+
+def rcu_init() -> None:
+    """Called by a program's build, before any thread runs."""
+    world().set((0, "__name__"), "rcu")
+    world().set((0, "__live__"), True)
+    RCU.readers = frozenset()
+    RCU.pending = ()
+
+
+def _depth(tid: int) -> int:
+    for t, d in RCU.readers:
+        if t == tid:
+            return d
+    return 0
+
+
+def rcu_read_lock_held() -> bool:
+    return _depth(world().tid) > 0
+
+
+@primitive
+def rcu_read_lock() -> Generator[Op, int, None]:
+    yield Op("rcu_read_lock")
+    tid = world().tid
+    d = _depth(tid)
+    RCU.readers = (RCU.readers - {(tid, d)}) | {(tid, d + 1)}
+
+
+@primitive
+def rcu_read_unlock() -> Generator[Op, int, None]:
+    yield Op("rcu_read_unlock")
+    w = world()
+    tid = w.tid
+    d = _depth(tid)
+    if d == 0:
+        w.report("WARNING", "rcu_read_unlock() without rcu_read_lock()")
+        return
+    RCU.readers = (RCU.readers - {(tid, d)}) | ({(tid, d - 1)} if d > 1 else set())
+    if d == 1:  # the section ends: no grace period waits for this thread any more
+        RCU.pending = tuple((obj, fn, waiting - {tid}) for obj, fn, waiting in RCU.pending)
+
+
+@primitive
+def call_rcu(obj: object, fn: RcuCallback) -> Generator[Op, int, None]:
+    yield Op("call_rcu", obj, getattr(fn, "__name__", fn))
+    in_section = frozenset(t for t, _ in RCU.readers)
+    RCU.pending = (*RCU.pending, (obj, fn, in_section))
+
+
+def _ready() -> bool:
+    return any(not waiting for _, _, waiting in RCU.pending)
+
+
+@primitive
+def rcu_callback_thread() -> Generator[Op, int, None]:
+    """Daemon: run a callback whose grace period has elapsed (softirq context)."""
+    while True:
+        yield Op("rcu_do_batch", guard=_ready)
+        pending = RCU.pending
+        i = next(i for i, (_, _, waiting) in enumerate(pending) if not waiting)
+        obj, fn, _ = pending[i]
+        RCU.pending = pending[:i] + pending[i + 1 :]
+        world().note(f"{getattr(fn, '__name__', fn)}({obj})")
+        result = fn(obj)
+        if isinstance(result, Generator):
+            yield from result
+
+
+@primitive
+def rcu_barrier() -> Generator[Op, int, None]:
+    """Wait until every queued callback has run."""
+    yield Op("rcu_barrier", guard=lambda: not RCU.pending)

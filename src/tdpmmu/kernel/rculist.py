@@ -1,0 +1,81 @@
+"""struct list_head and the RCU list API (include/linux/rculist.h).
+
+Mutations (``list_add_rcu``, ``list_del_rcu``) are single scheduling points: on a
+sequentially consistent machine ``rcu_assign_pointer`` makes the new node visible whole
+or not at all. ``list_del_rcu`` keeps ``next`` and poisons ``prev``, so a reader standing
+on a deleted node still reaches its old successor. Readers (``list_*_rcu``) are points
+too and complain, like lockdep's RCU checking, when used outside a read-side section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.kernel.memory import Field, Struct
+from tdpmmu.kernel.rcu import rcu_read_lock_held
+
+LIST_POISON2 = "LIST_POISON2"
+
+
+class list_head(Struct):
+    next = Field(None)
+    prev = Field(None)
+
+
+def INIT_LIST_HEAD(head: list_head) -> None:
+    head.next = head
+    head.prev = head
+
+
+def list_empty(head: list_head) -> bool:
+    return bool(head.next == head)
+
+
+def _check_rcu(what: str) -> None:
+    if not rcu_read_lock_held():
+        world().report("suspicious RCU usage", f"{what} outside rcu_read_lock()")
+
+
+@primitive
+def list_add_rcu(new: list_head, head: list_head) -> Generator[Op, int, None]:
+    yield Op("list_add_rcu", new.container(), head)
+    first = head.next
+    new.next = first
+    new.prev = head
+    head.next = new
+    first.prev = new
+
+
+@primitive
+def list_del_rcu(entry: list_head) -> Generator[Op, int, None]:
+    yield Op("list_del_rcu", entry.container())
+    nxt, prv = entry.next, entry.prev
+    nxt.prev = prv
+    prv.next = nxt
+    entry.prev = LIST_POISON2
+
+
+@primitive
+def list_first_or_null_rcu(head: list_head) -> Generator[Op, int, list_head | None]:
+    yield Op("list_first_or_null_rcu", head)
+    _check_rcu("list_first_or_null_rcu()")
+    first: list_head = head.next
+    return None if first == head else first
+
+
+@primitive
+def list_next_or_null_rcu(head: list_head, ptr: list_head) -> Generator[Op, int, list_head | None]:
+    yield Op("list_next_or_null_rcu", ptr.container())
+    _check_rcu("list_next_or_null_rcu()")
+    nxt: list_head = ptr.next
+    return None if nxt == head else nxt
+
+
+def list_for_each(head: list_head) -> Iterator[list_head]:
+    """Plain walk (``list_for_each_entry``): no scheduling points, so it is only correct
+    while every mutator is excluded; callers assert the lock that guarantees it."""
+    pos = head.next
+    while pos != head:
+        yield pos
+        pos = pos.next

@@ -1,0 +1,100 @@
+"""rwlock_t as x86's queued rwlock (qrwlock).
+
+What the model keeps of qrwlock (kernel/locking/qrwlock.c): readers share the lock; a
+writer that has to wait announces itself, and from then on *new* readers wait behind it
+(so writers do not starve); waiting writers get the lock in FIFO order once the readers
+drain. ``fair = False`` gives an unfair lock where readers overtake waiting writers (what
+an interrupt-context reader does), to check that correctness does not hang on fairness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.kernel.memory import Field, Struct
+
+NO_WRITER = -1
+
+
+class rwlock_t(Struct):
+    readers = Field(frozenset())  # tids holding it for read
+    writer = Field(NO_WRITER)  # tid holding it for write
+    waiting_writers = Field(())  # tids queued for write, FIFO
+    fair = Field(True)
+
+
+def _can_read(lock: rwlock_t) -> bool:
+    return lock.writer == NO_WRITER and not (lock.fair and lock.waiting_writers)
+
+
+def _take_read(lock: rwlock_t) -> None:
+    w = world()
+    if w.tid in lock.readers:
+        w.report("deadlock", f"recursive read_lock({lock}) can deadlock behind a queued writer")
+    lock.readers = lock.readers | {w.tid}
+
+
+def _drop_read(lock: rwlock_t, name: str) -> None:
+    w = world()
+    if w.tid not in lock.readers:
+        w.report("lockdep", f"{name}({lock}) by {w.thread_name}, which does not hold it for read")
+        return
+    lock.readers = lock.readers - {w.tid}
+
+
+def _drop_write(lock: rwlock_t, name: str) -> None:
+    w = world()
+    if lock.writer != w.tid:
+        w.report("lockdep", f"{name}({lock}) by {w.thread_name}, which does not hold it for write")
+    lock.writer = NO_WRITER
+
+
+@primitive
+def read_lock(lock: rwlock_t) -> Generator[Op, int, None]:
+    yield Op("read_lock", lock, guard=lambda: _can_read(lock))
+    _take_read(lock)
+
+
+@primitive
+def read_unlock(lock: rwlock_t) -> Generator[Op, int, None]:
+    yield Op("read_unlock", lock)
+    _drop_read(lock, "read_unlock")
+
+
+@primitive
+def write_lock(lock: rwlock_t) -> Generator[Op, int, None]:
+    yield Op("write_lock", lock)
+    me = world().tid
+    if lock.writer == NO_WRITER and not lock.readers and not lock.waiting_writers:
+        lock.writer = me  # fast path: cmpxchg 0 -> LOCKED
+        return
+    if lock.writer == me or me in lock.readers:
+        world().report("deadlock", f"write_lock({lock}) by a thread that already holds it")
+    lock.waiting_writers = (*lock.waiting_writers, me)  # slow path: set WAITING, queue
+    yield Op(
+        "write_lock",
+        lock,
+        guard=lambda: lock.writer == NO_WRITER and not lock.readers and lock.waiting_writers[0] == me,
+    )
+    lock.waiting_writers = lock.waiting_writers[1:]
+    lock.writer = me
+
+
+@primitive
+def write_unlock(lock: rwlock_t) -> Generator[Op, int, None]:
+    yield Op("write_unlock", lock)
+    _drop_write(lock, "write_unlock")
+
+
+def rwlock_is_contended(lock: rwlock_t) -> bool:
+    """True while a writer is queued (qrwlock: the wait_lock is held)."""
+    return bool(lock.waiting_writers)
+
+
+def held_for_read(lock: rwlock_t) -> bool:
+    return world().tid in lock.readers
+
+
+def held_for_write(lock: rwlock_t) -> bool:
+    return lock.writer == world().tid

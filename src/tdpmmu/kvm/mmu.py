@@ -1,0 +1,186 @@
+"""arch/x86/kvm/mmu/mmu.c (and mmu.h): loading, freeing and obsoleting vCPU roots,
+the fast zap behind memslot updates, and the TDP page fault. Base: v6.9."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+from tdpmmu.explore.runtime import Op, world
+from tdpmmu.kernel.bug import WARN_ON_ONCE
+from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_read
+from tdpmmu.kernel.requests import kvm_make_all_cpus_request
+from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
+from tdpmmu.kvm.structs import (
+    INVALID_PAGE,
+    KVM_MMU_NUM_PREV_ROOTS,
+    KVM_MMU_ROOT_CURRENT,
+    KVM_MMU_ROOT_PREVIOUS,
+    KVM_MMU_ROOTS_ALL,
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+    VALID_PAGE,
+    Kvm,
+    kvm_mmu,
+    kvm_mmu_page,
+    kvm_vcpu,
+)
+from tdpmmu.kvm.tdp_mmu import TdpMmu
+
+Steps = Generator[Op, int, None]
+
+RET_PF_CONTINUE, RET_PF_RETRY = 0, 1
+CURRENT = -1  # "slot" of mmu->root.hpa, beside prev_roots[0..2]
+
+
+def root_hpa(mmu: kvm_mmu, slot: int) -> kvm_mmu_page | None:
+    """``mmu->root.hpa`` (slot CURRENT) or ``mmu->prev_roots[slot].hpa``."""
+    return mmu.root.hpa if slot == CURRENT else mmu.prev_roots[slot]  # type: ignore[no-any-return]
+
+
+def set_root_hpa(mmu: kvm_mmu, slot: int, hpa: kvm_mmu_page | None) -> None:
+    if slot == CURRENT:
+        mmu.root.hpa = hpa
+    else:
+        prev = list(mmu.prev_roots)
+        prev[slot] = hpa
+        mmu.prev_roots = tuple(prev)
+
+
+class Mmu(TdpMmu):
+    """mmu.c, v6.9."""
+
+    # -- loading (notes §5.1–5.3) ---------------------------------------------------------
+    def kvm_mmu_reload(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
+        if VALID_PAGE(vcpu.arch.mmu.root.hpa):
+            return 0
+        return (yield from self.kvm_mmu_load(vcpu))
+
+    def kvm_mmu_load(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
+        # Memory caches are topped up without locks; special roots are for shadow MMUs.
+        r = yield from self.mmu_alloc_direct_roots(vcpu)
+        # kvm_mmu_load_pgd() and the local TLB flush on every new root: the reason
+        # zapping an invalid root needs no remote flush.
+        return r
+
+    def mmu_alloc_direct_roots(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
+        return (yield from self.kvm_tdp_mmu_alloc_root(vcpu))
+
+    # -- freeing (notes §5.4–5.7) -------------------------------------------------------
+    def tdp_roots_freed_shared(self, mmu: kvm_mmu) -> bool:
+        """``is_tdp_mmu`` of kvm_mmu_free_roots(): free TDP MMU roots under mmu_lock held
+        for read (576a15de8d29, patch 8 of the series)."""
+        return bool(mmu.root_role.direct)
+
+    def mmu_free_root_page(self, kvm: Kvm, mmu: kvm_mmu, slot: int) -> Steps:
+        sp = root_hpa(mmu, slot)
+        if not VALID_PAGE(sp):
+            return
+        assert sp is not None
+        if sp.tdp_mmu_page:
+            if self.tdp_roots_freed_shared(mmu):
+                lockdep_assert_held_read(kvm.mmu_lock)
+            yield from self.kvm_tdp_mmu_put_root(kvm, sp)
+        set_root_hpa(mmu, slot, INVALID_PAGE)
+
+    def kvm_mmu_free_roots(self, kvm: Kvm, mmu: kvm_mmu, roots_to_free: int) -> Steps:
+        is_tdp_mmu = self.tdp_roots_freed_shared(mmu)
+        WARN_ON_ONCE(roots_to_free & ~KVM_MMU_ROOTS_ALL, "roots_to_free & ~KVM_MMU_ROOTS_ALL")
+        # Before taking mmu_lock, see if there is any real work (vCPU-private fields).
+        free_active_root = bool(roots_to_free & KVM_MMU_ROOT_CURRENT) and VALID_PAGE(mmu.root.hpa)
+        if not free_active_root and not any(
+            roots_to_free & KVM_MMU_ROOT_PREVIOUS(i) and VALID_PAGE(mmu.prev_roots[i])
+            for i in range(KVM_MMU_NUM_PREV_ROOTS)
+        ):
+            return
+        if is_tdp_mmu:
+            yield from read_lock(kvm.mmu_lock)
+        else:
+            yield from write_lock(kvm.mmu_lock)
+        for i in range(KVM_MMU_NUM_PREV_ROOTS):
+            if roots_to_free & KVM_MMU_ROOT_PREVIOUS(i):
+                yield from self.mmu_free_root_page(kvm, mmu, i)
+        if free_active_root:
+            yield from self.mmu_free_root_page(kvm, mmu, CURRENT)
+            mmu.root.hpa = INVALID_PAGE
+            mmu.root.pgd = 0
+        if is_tdp_mmu:
+            yield from read_unlock(kvm.mmu_lock)
+        else:
+            yield from write_unlock(kvm.mmu_lock)
+
+    def kvm_mmu_unload(self, vcpu: kvm_vcpu) -> Steps:
+        yield from self.kvm_mmu_free_roots(vcpu.kvm, vcpu.arch.root_mmu, KVM_MMU_ROOTS_ALL)
+        WARN_ON_ONCE(VALID_PAGE(vcpu.arch.root_mmu.root.hpa), "VALID_PAGE(vcpu->arch.root_mmu.root.hpa)")
+
+    def is_obsolete_sp(self, kvm: Kvm, sp: kvm_mmu_page) -> bool:
+        # TDP MMU pages ignore mmu_valid_gen.
+        return bool(sp.role.invalid)
+
+    def is_obsolete_root(self, kvm: Kvm, hpa: kvm_mmu_page | None) -> bool:
+        if not VALID_PAGE(hpa):
+            return False
+        # A racy read of role.invalid is fine: the caller's reference pins the root
+        # and a stale answer is fixed by the next FREE_OBSOLETE_ROOTS request.
+        assert hpa is not None
+        return self.is_obsolete_sp(kvm, hpa)
+
+    def _kvm_mmu_free_obsolete_roots(self, kvm: Kvm, mmu: kvm_mmu) -> Steps:
+        """``__kvm_mmu_free_obsolete_roots``."""
+        roots_to_free = 0
+        if self.is_obsolete_root(kvm, mmu.root.hpa):
+            roots_to_free |= KVM_MMU_ROOT_CURRENT
+        for i in range(KVM_MMU_NUM_PREV_ROOTS):
+            if self.is_obsolete_root(kvm, mmu.prev_roots[i]):
+                roots_to_free |= KVM_MMU_ROOT_PREVIOUS(i)
+        if roots_to_free:
+            yield from self.kvm_mmu_free_roots(kvm, mmu, roots_to_free)
+
+    def kvm_mmu_free_obsolete_roots(self, vcpu: kvm_vcpu) -> Steps:
+        yield from self._kvm_mmu_free_obsolete_roots(vcpu.kvm, vcpu.arch.root_mmu)
+
+    def kvm_mmu_reset_context(self, vcpu: kvm_vcpu, smm: int) -> Steps:
+        """CR0/CR4/EFER or SMM changes: drop the roots, recompute the role."""
+        yield from self.kvm_mmu_unload(vcpu)
+        vcpu.arch.mmu.root_role.smm = smm  # kvm_init_mmu()
+
+    # -- fast zap (notes §5.9) ------------------------------------------------------------
+    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
+        lockdep_assert_held(kvm.slots_lock)
+        yield from write_lock(kvm.mmu_lock)
+        kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
+        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
+        # In the same write-side critical section as the invalidation: a vCPU that
+        # grabs a just-invalidated root must be told to drop it.
+        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        # kvm_zap_obsolete_pages(): shadow pages only; there are none with the TDP MMU.
+        yield from write_unlock(kvm.mmu_lock)
+        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+
+    def kvm_mmu_zap_all(self, kvm: Kvm) -> Steps:
+        """mmu_notifier release (the mm exits) and VM destruction."""
+        yield from write_lock(kvm.mmu_lock)
+        yield from self.kvm_tdp_mmu_zap_all(kvm)
+        yield from write_unlock(kvm.mmu_lock)
+
+    # -- page fault (notes §5.8) ----------------------------------------------------------
+    def is_page_fault_stale(self, vcpu: kvm_vcpu, gfn: int) -> bool:
+        sp = vcpu.arch.mmu.root.hpa
+        if sp is not None and self.is_obsolete_sp(vcpu.kvm, sp):
+            return True
+        if sp is None and KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests:
+            return True
+        return False  # mmu_invalidate_retry_gfn(): no mmu_notifier in these scenarios
+
+    def kvm_tdp_mmu_page_fault(self, vcpu: kvm_vcpu, gfn: int) -> Generator[Op, int, int]:
+        kvm = vcpu.kvm
+        r = RET_PF_RETRY
+        yield from read_lock(kvm.mmu_lock)
+        if self.is_page_fault_stale(vcpu, gfn):
+            world().note("stale root: RET_PF_RETRY")
+        else:
+            r = yield from self.kvm_tdp_mmu_map(vcpu, gfn)
+        yield from read_unlock(kvm.mmu_lock)
+        return r
+
+    # -- VM teardown (notes §5.11) ----------------------------------------------------------
+    def kvm_mmu_uninit_vm(self, kvm: Kvm) -> Steps:
+        yield from self.kvm_mmu_uninit_tdp_mmu(kvm)

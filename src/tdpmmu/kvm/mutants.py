@@ -1,0 +1,122 @@
+"""Mutants: deliberate bugs, each a small override of whatever kernel it is applied to.
+
+A mutant names the violation the checker must find (``expect``: violation kinds any of
+which counts) and the scenario that exposes it. ``tdpmmu check S --mutant M`` builds the
+class ``type("v6.9+M", (M, Kernel), {})``, so a mutant's ``super()`` is the kernel's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tdpmmu.explore.runtime import Op, inline, world
+from tdpmmu.kernel.lockdep import lockdep_assert_held
+from tdpmmu.kernel.rculist import list_add_rcu, list_for_each
+from tdpmmu.kernel.requests import kvm_make_all_cpus_request
+from tdpmmu.kernel.rwlock import read_lock, read_unlock
+from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
+from tdpmmu.kvm.structs import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
+from tdpmmu.kvm.x86 import Kernel
+
+Steps = Generator[Op, int, None]
+
+# A mutant is a mixin put in front of a kernel class, so its super() is that kernel.
+# Type checkers see it as a Kernel subclass; at run time it is a plain mixin.
+Base = Kernel if TYPE_CHECKING else object
+
+
+class ZapUnscheduledRoots(Base):
+    """kvm_tdp_mmu_zap_invalidated_roots() zaps every root it meets, not only those
+    kvm_tdp_mmu_invalidate_all_roots() scheduled: Yilun Xu's question made real. A root
+    a vCPU allocates under the read lock while the zap runs is valid."""
+
+    @inline
+    def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        root.tdp_mmu_scheduled_root_to_zap = True  # i.e. skip no root
+        yield from super().zap_invalidated_root(kvm, root)
+
+
+class NoRecheck(Base):
+    """kvm_tdp_mmu_alloc_root() inserts after a fast-path miss without rechecking under
+    tdp_mmu_pages_lock (M1): two vCPUs can both miss and both insert."""
+
+    @inline
+    def tdp_mmu_alloc_root_slow(
+        self, vcpu: kvm_vcpu, kvm: Kvm, role: kvm_mmu_page_role
+    ) -> Generator[Op, int, kvm_mmu_page]:
+        yield from spin_lock(kvm.arch.tdp_mmu_pages_lock)
+        root = yield from self.tdp_mmu_new_root(vcpu, role)
+        yield from list_add_rcu(root.link, kvm.arch.tdp_mmu_roots)
+        yield from spin_unlock(kvm.arch.tdp_mmu_pages_lock)
+        return root
+
+
+class RefcountOne(Base):
+    """refcount_set(&root->tdp_mmu_root_count, 1): the TDP MMU holds no reference of its
+    own (the pre-6.4 scheme, B10's mutation), so a vCPU unloading a valid root frees it."""
+
+    ROOT_INITIAL_REFS = 1
+
+
+class InvalidateUnderReadLock(Base):
+    """kvm_mmu_zap_all_fast() invalidates roots holding mmu_lock for read (M3), with the
+    lockdep assertion relaxed to match, as a patch making that change would do."""
+
+    def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
+        if kvm.users_count and kvm.created_vcpus:
+            lockdep_assert_held(kvm.mmu_lock)  # the kernel asserts held for write
+        yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
+        for pos in list_for_each(kvm.arch.tdp_mmu_roots):
+            root = pos.container()
+            if not root.role.invalid:
+                root.tdp_mmu_scheduled_root_to_zap = True
+                root.role.invalid = True
+                world().note(f"{root!r} invalid, scheduled to zap")
+
+    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
+        lockdep_assert_held(kvm.slots_lock)
+        yield from read_lock(kvm.mmu_lock)  # the mutation: write_lock() in the kernel
+        kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
+        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
+        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        yield from read_unlock(kvm.mmu_lock)
+        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    cls: type
+    expect: frozenset[str]  # violation kinds that count as catching it
+    scenario: str
+    origin: str  # the historical bug or review question it stands for
+
+    @property
+    def summary(self) -> str:
+        doc = (self.cls.__doc__ or "").strip()
+        return doc.split("\n\n")[0].replace("\n", " ")
+
+
+MUTANTS: dict[str, Mutant] = {
+    m.name: m
+    for m in (
+        Mutant("zap-unscheduled-roots", ZapUnscheduledRoots, frozenset({"KVM_BUG_ON"}),
+               "memslot-delete", "Yilun Xu's review question on patch 7/8 (Feb 2024); M8"),
+        Mutant("no-recheck", NoRecheck, frozenset({"duplicate-root"}), "vcpu-load", "M1"),
+        Mutant("refcount-one", RefcountOne, frozenset({"KVM_BUG_ON", "use-after-free"}),
+               "vcpu-load", "B10 edbdb43fc96b (before it: one reference per root)"),
+        Mutant("invalidate-under-read-lock", InvalidateUnderReadLock, frozenset(),
+               "memslot-delete", "M3"),
+    )
+}
+
+
+def build_kernel(kernel: type[Kernel], mutant: Mutant | None) -> type[Kernel]:
+    """The kernel class to run: ``kernel``, with ``mutant``'s overrides on top."""
+    if mutant is None:
+        return kernel
+    name = f"{kernel.NAME}+{mutant.name}"
+    cls: type[Kernel] = type(name, (mutant.cls, kernel), {"NAME": name})
+    return cls

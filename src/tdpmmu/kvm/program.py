@@ -1,0 +1,67 @@
+"""A scenario on a kernel, as a program the explorer can run: builds the VM and its
+threads, and states the properties checked in every state and at the end."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tdpmmu.explore.program import ThreadSpec
+from tdpmmu.explore.runtime import World, set_world
+from tdpmmu.kernel.memory import kzalloc, objects_of
+from tdpmmu.kernel.rcu import RCU, rcu_callback_thread, rcu_init
+from tdpmmu.kernel.rculist import INIT_LIST_HEAD, list_empty, list_for_each
+from tdpmmu.kvm.scenarios import Scenario
+from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_vcpu
+from tdpmmu.kvm.x86 import Kernel
+
+
+class KvmProgram:
+    def __init__(self, kernel: type[Kernel], scenario: Scenario, vcpus: int) -> None:
+        self.kernel = kernel()
+        self.scenario = scenario
+        self.nr_vcpus = vcpus
+        self.kvm: Kvm | None = None
+
+    def build(self) -> tuple[World, list[ThreadSpec]]:
+        w = World()
+        set_world(w)
+        rcu_init()
+        kvm = kzalloc(Kvm, name="kvm")
+        INIT_LIST_HEAD(kvm.arch.tdp_mmu_roots)
+        vcpus = tuple(
+            kzalloc(kvm_vcpu, name=f"vcpu{i}", kvm=kvm, vcpu_id=i) for i in range(self.nr_vcpus)
+        )
+        kvm.vcpus = vcpus
+        kvm.created_vcpus = len(vcpus)
+        threads = self.scenario.threads(self.kernel, kvm, vcpus)
+        kvm.users_count = len(threads)  # each of them puts its reference when done
+        self.kvm = kvm
+        threads.append(ThreadSpec("destroy", partial(self.kernel.kvm_destroy_vm, kvm)))
+        threads.append(ThreadSpec("rcu", rcu_callback_thread, daemon=True))
+        return w, threads
+
+    def check_state(self, world: World) -> None:
+        """Invariants of every state (kernel-protocol.md §6)."""
+        assert self.kvm is not None
+        valid_words = set()
+        for pos in list_for_each(self.kvm.arch.tdp_mmu_roots):
+            root = pos.container()
+            assert isinstance(root, kvm_mmu_page)
+            if root.tdp_mmu_scheduled_root_to_zap and not root.role.invalid:
+                world.report("invariant", f"{root!r} is scheduled to zap but still valid")
+            if not root.role.invalid:
+                word = root.role.word
+                if word in valid_words:
+                    world.report("duplicate-root",
+                                 f"{root!r} is a second valid root with role.word {word}")
+                valid_words.add(word)
+
+    def check_final(self, world: World) -> None:
+        """After VM destruction: nothing on the list, every root freed, no callback left."""
+        assert self.kvm is not None
+        if not list_empty(self.kvm.arch.tdp_mmu_roots):
+            world.report("leak", "tdp_mmu_roots not empty after VM destruction")
+        for obj in objects_of(kvm_mmu_page, live_only=True):
+            world.report("leak", f"{obj!r} never freed (refcount {obj.tdp_mmu_root_count.refs})")
+        if RCU.pending:
+            world.report("leak", f"{len(RCU.pending)} RCU callbacks never ran")

@@ -1,0 +1,57 @@
+"""Named scenarios: which threads run against the VM. Each takes ``--vcpus N``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from tdpmmu.explore.program import ThreadSpec
+from tdpmmu.kvm.structs import Kvm, kvm_vcpu
+from tdpmmu.kvm.x86 import Kernel
+
+ThreadsFn = Callable[[Kernel, Kvm, tuple[kvm_vcpu, ...]], list[ThreadSpec]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    threads: ThreadsFn
+
+
+def _vcpus(k: Kernel, vcpus: tuple[kvm_vcpu, ...], gfns: tuple[int | None, ...],
+           smm: tuple[int, ...] = ()) -> list[ThreadSpec]:
+    return [ThreadSpec(f"vcpu{v.vcpu_id}", partial(k.vcpu_run, v, gfns, smm), group="vcpu") for v in vcpus]
+
+
+def vcpu_load(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    # Each vCPU loads a root, resets its MMU context (unload: frees its root), reloads.
+    return _vcpus(k, vcpus, (None,), smm=(0,))
+
+
+def memslot_delete(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [*_vcpus(k, vcpus, (0, 0)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
+
+
+def smm(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    # vCPUs run, enter SMM (address space 1: a second root), while a memslot is deleted.
+    return [*_vcpus(k, vcpus, (0,), smm=(1,)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
+
+
+def double_memslot_delete(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [*_vcpus(k, vcpus, (0, 0)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm, times=2))]
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("vcpu-load", "vCPUs load, unload and reload roots concurrently", vcpu_load),
+        Scenario("memslot-delete",
+                 "vCPUs run and fault while a memslot is deleted (fast zap); then VM teardown",
+                 memslot_delete),
+        Scenario("smm", "vCPUs use address spaces 0 and 1 (SMM) while a memslot is deleted", smm),
+        Scenario("double-memslot-delete", "two memslot deletions in sequence while vCPUs run",
+                 double_memslot_delete),
+    )
+}

@@ -1,0 +1,130 @@
+"""The KVM structs the root protocol touches, field names as in the kernel.
+
+Only fields that some modeled step reads or writes exist. ``hpa`` fields hold the root's
+``kvm_mmu_page`` handle (the model's ``__pa(root->spt)``) or ``INVALID_PAGE``.
+Fields marked *ghost* are not in the kernel: they record history a property needs.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from tdpmmu.kernel.memory import Embedded, Field, Struct
+from tdpmmu.kernel.rculist import list_head
+from tdpmmu.kernel.refcount import refcount_t
+from tdpmmu.kernel.rwlock import rwlock_t
+from tdpmmu.kernel.spinlock import mutex, spinlock_t
+
+INVALID_PAGE = None
+PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G, PG_LEVEL_512G = 1, 2, 3, 4
+KVM_MMU_NUM_PREV_ROOTS = 3
+
+
+
+class Request(IntEnum):
+    """vCPU requests (include/linux/kvm_host.h, arch/x86/include/asm/kvm_host.h)."""
+
+    KVM_REQ_VM_DEAD = 1
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = 31  # KVM_ARCH_REQ_FLAGS(31, WAIT | NO_WAKEUP)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+KVM_REQ_VM_DEAD = Request.KVM_REQ_VM_DEAD
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = Request.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+
+# kvm_mmu_free_roots() masks
+KVM_MMU_ROOT_CURRENT = 1 << 0
+
+
+def KVM_MMU_ROOT_PREVIOUS(i: int) -> int:
+    return 1 << (1 + i)
+
+
+KVM_MMU_ROOTS_ALL = (1 << (1 + KVM_MMU_NUM_PREV_ROOTS)) - 1
+
+
+def VALID_PAGE(hpa: object) -> bool:
+    return hpa is not INVALID_PAGE
+
+
+class kvm_mmu_page_role(Struct):
+    """``union kvm_mmu_page_role``: compared as a whole through ``word``."""
+
+    level = Field(PG_LEVEL_512G)
+    direct = Field(True)
+    smm = Field(0)  # address space: as_id 1 is SMM
+    guest_mode = Field(False)
+    invalid = Field(False)
+
+    @property
+    def word(self) -> tuple[int, bool, int, bool, bool]:
+        return (self.level, self.direct, self.smm, self.guest_mode, self.invalid)
+
+    @word.setter
+    def word(self, value: tuple[int, bool, int, bool, bool]) -> None:
+        self.level, self.direct, self.smm, self.guest_mode, self.invalid = value
+
+
+class kvm_mmu_page(Struct):
+    """A TDP MMU root (only roots are modeled here; page tables come with the SPTEs)."""
+
+    C_NAME = "root"
+    role = Embedded(kvm_mmu_page_role)
+    tdp_mmu_page = Field(True)
+    tdp_mmu_root_count = Embedded(refcount_t)
+    tdp_mmu_scheduled_root_to_zap = Field(False)
+    link = Embedded(list_head)
+    sptes = Field(frozenset())  # abstract SPTEs: the gfns mapped by leaf entries
+
+
+class kvm_mmu_root_info(Struct):
+    pgd = Field(0)
+    hpa = Field(INVALID_PAGE)
+
+
+class kvm_mmu(Struct):
+    root = Embedded(kvm_mmu_root_info)
+    root_role = Embedded(kvm_mmu_page_role)
+    prev_roots = Field((INVALID_PAGE,) * KVM_MMU_NUM_PREV_ROOTS)  # their hpa only
+
+
+class kvm_vcpu_arch(Struct):
+    root_mmu = Embedded(kvm_mmu)
+
+    @property
+    def mmu(self) -> kvm_mmu:
+        """``vcpu->arch.mmu``: always root_mmu here (nested TDP is not modeled)."""
+        return self.root_mmu
+
+
+class kvm_vcpu(Struct):
+    C_NAME = "vcpu"
+    kvm = Field(None)
+    vcpu_id = Field(0)
+    requests = Field(frozenset())
+    mode = Field(0)  # OUTSIDE_GUEST_MODE / IN_GUEST_MODE
+    in_guest = Field(False)  # ghost: past the last request check, running the guest
+    arch = Embedded(kvm_vcpu_arch)
+
+
+class kvm_arch(Struct):
+    tdp_mmu_roots = Embedded(list_head)
+    tdp_mmu_pages_lock = Embedded(spinlock_t)
+    mmu_valid_gen = Field(0)
+
+
+class kvm(Struct):
+    C_NAME = "kvm"
+    mmu_lock = Embedded(rwlock_t)
+    slots_lock = Embedded(mutex)
+    arch = Embedded(kvm_arch)
+    users_count = Field(1)
+    created_vcpus = Field(0)
+    vcpus = Field(())
+    vm_bugged = Field(False)
+    vm_dead = Field(False)
+
+
+Kvm = kvm  # for annotations, where a parameter is itself called ``kvm``

@@ -298,3 +298,20 @@ class Execution:
         for tr in schedule:
             ex.step(tr)
         return ex
+
+
+def replay_checked(program: Program, schedule: Schedule, max_steps: int = 0) -> tuple[Execution, Violation | None]:
+    """Re-run a user-supplied schedule with tracing, refusing steps that are not enabled.
+
+    Returns the execution and the violation it reached (a deadlock or end-of-execution
+    check included when the schedule runs to the end)."""
+    ex = Execution(program, tracing=True, max_steps=max_steps)
+    for i, tr in enumerate(schedule):
+        if tr not in ex.enabled():
+            raise ValueError(f"step {i + 1} ({tr[0]}:{tr[1]}) is not enabled there")
+        v = ex.step(tr)
+        if v is not None:
+            return ex, v
+    if not ex.enabled():
+        return ex, (ex.deadlock() if not ex.finished() else ex.finish())
+    return ex, None

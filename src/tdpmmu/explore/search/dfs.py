@@ -14,9 +14,17 @@ from tdpmmu.explore.search.base import Search
 
 
 class DepthFirst(Search):
-    def __init__(self, *args: object, cache: bool = True, **kwargs: object) -> None:
+    """``restore="snapshot"`` (default) comes back to an ancestor by copying the world
+    back and rebuilding, lazily, only the threads that ran ahead; ``restore="replay"``
+    re-runs the whole schedule prefix from the initial state (kept to measure against;
+    see docs/design.md)."""
+
+    def __init__(self, *args: object, cache: bool = True, restore: str = "snapshot",
+                 **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.cache = cache
+        self.restore_by_replay = restore == "replay"
+        self._replayed = 0
         self.final_states: set[int] = set()  # fingerprints of finished executions
 
     def explore(self) -> tuple[Violation, Schedule] | None:
@@ -24,7 +32,7 @@ class DepthFirst(Search):
         try:
             return self._dfs(ex)
         finally:
-            self.stats.replayed = ex.rebuilt
+            self.stats.replayed = ex.rebuilt + self._replayed
 
     def _dfs(self, ex: Execution) -> tuple[Violation, Schedule] | None:
         stats = self.stats
@@ -37,7 +45,7 @@ class DepthFirst(Search):
         # snaps[i] = the state at depth i, to come back to.
         stack: list[list[Transition]] = [first]
         cursor = [0]
-        snaps = [ex.snapshot()]
+        snaps = [] if self.restore_by_replay else [ex.snapshot()]
         path: Schedule = []  # transitions from the initial state to the top of the stack
         live = True  # does `ex` stand at the top of the stack?
         while stack:
@@ -47,7 +55,8 @@ class DepthFirst(Search):
             if i >= len(todo):
                 stack.pop()
                 cursor.pop()
-                snaps.pop()
+                if snaps:
+                    snaps.pop()
                 if path:
                     path.pop()
                 live = False
@@ -55,7 +64,13 @@ class DepthFirst(Search):
             cursor[-1] = i + 1
             tr = todo[i]
             if not live:
-                ex.restore(snaps[-1])
+                if self.restore_by_replay:
+                    rebuilt = ex.rebuilt
+                    ex = Execution.replay(self.program, path, max_steps=self.limits.max_steps)
+                    ex.rebuilt = rebuilt
+                    self._replayed += len(path)
+                else:
+                    ex.restore(snaps[-1])
             live = False
             stats.transitions += 1
             violation = ex.step(tr)
@@ -78,7 +93,8 @@ class DepthFirst(Search):
                 continue
             stack.append(nxt)
             cursor.append(0)
-            snaps.append(ex.snapshot())
+            if not self.restore_by_replay:
+                snaps.append(ex.snapshot())
             live = True
             if len(path) > stats.max_depth:
                 stats.max_depth = len(path)

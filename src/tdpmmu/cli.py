@@ -1,0 +1,193 @@
+"""The ``tdpmmu`` command: parse, call ``tdpmmu.api``, render with ``tdpmmu.report``, exit.
+
+Exit codes: 0 no violation, 1 violation, 2 bad input (one line on stderr), 3 incomplete
+(a limit was hit or the search was interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.status import Status
+from rich.text import Text
+from typer.core import TyperGroup
+
+from tdpmmu import report
+from tdpmmu.api import BadInput, Config
+from tdpmmu.api import check as run_check
+from tdpmmu.explore.execution import replay_checked
+from tdpmmu.explore.result import Limits, Stats
+from tdpmmu.explore.schedule import decode
+from tdpmmu.kvm.versions import DEFAULT_KERNEL
+
+EXIT_PASS, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT = {"pass": EXIT_PASS, "violation": EXIT_VIOLATION, "incomplete": EXIT_INCOMPLETE}
+PROG = "tdpmmu"
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"{PROG}: error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+class _Group(TyperGroup):
+    """Usage errors, like our own bad-input errors, as one line on stderr with exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):  # the caller handles errors
+            return super().main(*args, **kwargs)
+        kwargs.update(standalone_mode=False, prog_name=kwargs.get("prog_name") or PROG)
+        try:
+            code = super().main(*args, **kwargs)
+        except typer.TyperException as e:  # typer's own usage errors: exit code 2
+            ctx = getattr(e, "ctx", None)
+            hint = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"{PROG}: error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name=PROG,
+    help="Check the KVM x86 TDP MMU root protocol model over every interleaving.",
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+# -- shared options -------------------------------------------------------------------
+
+Scenario = Annotated[str, typer.Argument(help="Scenario to run (see `tdpmmu list`).", show_default=False)]
+Kernel = Annotated[str, typer.Option("--kernel", "-k", help="Kernel version to model (see `tdpmmu list`).")]
+Mutant = Annotated[
+    str | None,
+    typer.Option("--mutant", "-m", help="Deliberate bug to apply to the kernel.", show_default=False),
+]
+Vcpus = Annotated[int, typer.Option("--vcpus", "-n", help="Number of vCPU threads (1-8).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _emit(text_or_obj: str | dict[str, Any]) -> None:
+    if isinstance(text_or_obj, str):
+        typer.echo(text_or_obj)
+    else:
+        typer.echo(json.dumps(text_or_obj, indent=2))
+
+
+# -- progress -------------------------------------------------------------------------
+
+
+class ProgressDisplay:
+    """States, executions and rate on stderr once a run has lasted a second: a live
+    status line on a terminal, a line every few seconds otherwise."""
+
+    AFTER = 1.0  # seconds before anything is shown
+    EVERY = 5.0  # seconds between lines when stderr is not a terminal
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.status: Status | None = None
+        self.shown_at = -self.EVERY
+
+    def __call__(self, stats: Stats) -> None:
+        if not self.enabled or stats.seconds < self.AFTER:
+            return
+        line = Text(report.render_progress(stats))
+        if self.console.is_terminal:
+            if self.status is None:
+                self.status = self.console.status(line)
+                self.status.start()
+            else:
+                self.status.update(line)
+        elif stats.seconds - self.shown_at >= self.EVERY:
+            self.shown_at = stats.seconds
+            self.console.print(line)
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    scenario: Scenario,
+    kernel: Kernel = DEFAULT_KERNEL,
+    mutant: Mutant = None,
+    vcpus: Vcpus = 2,
+    max_states: Annotated[int, typer.Option(min=0, help="Stop after this many states (0: no limit).")] = 0,
+    time_limit: Annotated[
+        float, typer.Option(min=0.0, help="Stop after this many seconds (0: no limit).")
+    ] = 0.0,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not prune states seen before: run every interleaving.")
+    ] = False,
+    as_json: AsJson = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress on stderr [default: when it is a terminal].",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
+    config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache)
+    limits = Limits(max_states=max_states, time_limit=time_limit)
+    try:
+        with ProgressDisplay(sys.stderr.isatty() if progress is None else progress) as show:
+            result = run_check(config, limits, show)
+    except BadInput as e:
+        fail(str(e))
+    _emit(report.result_json(config, result) if as_json else report.render_result(config, result))
+    raise typer.Exit(EXIT[result.verdict])
+
+
+@app.command()
+def replay(
+    scenario: Scenario,
+    schedule: Annotated[
+        str, typer.Option("--schedule", "-s", help="Steps as thread ids, e.g. 0,0,1,2:1 (TID:BRANCH).",
+                          show_default=False)
+    ],
+    kernel: Kernel = DEFAULT_KERNEL,
+    mutant: Mutant = None,
+    vcpus: Vcpus = 2,
+    as_json: AsJson = False,
+) -> None:
+    """Re-run one interleaving of SCENARIO, print its trace; exit 1 if it reaches a violation."""
+    config = Config(scenario, kernel, mutant, vcpus)
+    try:
+        steps = decode(schedule)
+        ex, violation = replay_checked(config.program(), steps, max_steps=Limits().max_steps)
+    except ValueError as e:  # BadInput, BadSchedule, or a step that is not enabled
+        fail(str(e))
+    finished = violation is not None or not ex.enabled()
+    done = steps[: len(ex.trace)]
+    if as_json:
+        _emit(report.replay_json(config, done, ex.trace, violation, finished))
+    else:
+        _emit(report.render_replay(config, done, ex.trace, violation, finished))
+    raise typer.Exit(EXIT_VIOLATION if violation is not None else EXIT_PASS)
+
+
+@app.command("list")
+def list_(as_json: AsJson = False) -> None:
+    """List scenarios, kernel versions and mutants."""
+    _emit(report.catalog_json() if as_json else report.render_catalog())
+
+
+def main() -> None:
+    app(prog_name=PROG)

@@ -1,0 +1,272 @@
+"""The command line contract: exit codes, one-line errors, JSON fields, the splat, replay."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from tdpmmu import report
+from tdpmmu.api import Config
+from tdpmmu.cli import app
+from tdpmmu.explore.execution import TraceStep
+from tdpmmu.explore.result import Stats
+from tdpmmu.explore.runtime import Violation
+
+runner = CliRunner()
+
+
+def run(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tdpmmu: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# -- check ----------------------------------------------------------------------------
+
+
+def test_pass_is_one_line() -> None:
+    r = run("check", "vcpu-load", "--vcpus", "1")
+    assert r.exit_code == 0, r.output
+    pattern = r"PASS v6\.9 vcpu-load vcpus=1: no violation in \d+ states \(\d+ executions?\), \d+\.\d\ds\n"
+    assert re.fullmatch(pattern, r.stdout)
+
+
+def test_violation_json() -> None:
+    r = run("check", "vcpu-load", "--mutant", "refcount-one", "--json")
+    assert r.exit_code == 1
+    out = json.loads(r.stdout)  # exactly one object, nothing else on stdout
+    assert out["verdict"] == "violation"
+    run_of = (out["scenario"], out["kernel"], out["mutant"], out["vcpus"])
+    assert run_of == ("vcpu-load", "v6.9", "refcount-one", 2)
+    for key in ("states", "executions", "transitions", "max_depth"):
+        assert isinstance(out[key], int) and out[key] > 0
+    assert isinstance(out["seconds"], float)
+    assert "reason" in out
+    assert sorted(out["expected"]) == ["KVM_BUG_ON", "use-after-free"]
+    v = out["violation"]
+    assert v["kind"] in out["expected"]
+    assert v["message"] and v["function"] and v["thread"]
+    assert re.fullmatch(r"\d+(:\d+)?(,\d+(:\d+)?)*", v["schedule"])
+    assert len(v["trace"]) == len(v["schedule"].split(","))
+    step = v["trace"][-1]
+    assert set(step) == {"step", "thread", "function", "stack", "action", "notes"}
+    assert step["function"] == step["stack"][-1]
+
+
+def test_json_without_mutant_has_null_mutant() -> None:
+    out = json.loads(run("check", "vcpu-load", "--vcpus", "1", "--json").stdout)
+    assert out["verdict"] == "pass" and out["mutant"] is None and out["violation"] is None
+    assert "expected" not in out
+
+
+def test_violation_text_reads_like_a_splat() -> None:
+    r = run("check", "vcpu-load", "--mutant", "refcount-one")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    header = r"WARNING: CPU: \d+ PID: 10\d\d at arch/x86/kvm/mmu/tdp_mmu\.c kvm_tdp_mmu_put_root"
+    assert re.fullmatch(header, lines[0])
+    assert lines[1].startswith("KVM_BUG_ON(")
+    trace = lines.index("Call Trace:")
+    assert lines[trace + 1] == " <TASK>"
+    assert lines[trace + 2] == " kvm_tdp_mmu_put_root"  # innermost first
+    assert " vcpu_run" in lines[trace + 2:lines.index(" </TASK>")]
+    assert any(line.startswith("Interleaving (") for line in lines)
+    assert "/* 1 -> 0: last reference */" in r.stdout
+    assert lines[-2].startswith("schedule: ")
+    assert lines[-1].startswith("replay:   tdpmmu replay vcpu-load --kernel v6.9 --mutant refcount-one ")
+    assert all(len(line) <= 100 for line in lines if not line.startswith(("schedule:", "replay:")))
+
+
+def test_interleaving_gives_each_thread_its_column() -> None:
+    r = run("check", "vcpu-load", "--mutant", "no-recheck")
+    assert r.exit_code == 1
+    steps = [line for line in r.stdout.splitlines() if re.match(r"\s+\d+  ", line)]
+    starts = {}
+    for line in steps:
+        m = re.match(r"(\s+\d+  )(\s*)(vcpu\d)  ", line)
+        if m:
+            starts[m.group(3)] = len(m.group(2))
+    assert starts == {"vcpu0": 0, "vcpu1": 2}
+    # the thread name only when the running thread changes
+    named = sum(1 for line in steps if re.match(r"\s+\d+\s+vcpu\d  ", line))
+    assert 2 <= named < len(steps)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["check", "no-such-scenario"], "unknown scenario 'no-such-scenario'"),
+        (["check", "vcpu-load", "--kernel", "v2.6"], "unknown kernel 'v2.6'"),
+        (["check", "vcpu-load", "--mutant", "nope"], "unknown mutant 'nope'"),
+        (["check", "vcpu-load", "--vcpus", "0"], "--vcpus"),
+        (["check", "vcpu-load", "--max-states", "-5"], "--max-states"),
+        (["check", "vcpu-load", "--time-limit", "-1"], "--time-limit"),
+        (["check", "vcpu-load", "--vcpus", "two"], "--vcpus"),
+        (["check", "vcpu-load", "--frobnicate"], "--frobnicate"),
+        (["check"], "scenario"),
+        (["frobnicate"], "frobnicate"),
+        (["replay", "vcpu-load", "--schedule", "0,x"], "'x'"),
+        (["replay", "vcpu-load", "--schedule", "0,9"], "step 2"),
+        (["replay", "nope", "--schedule", "0"], "unknown scenario"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert needle in one_error_line(r)
+    assert r.stdout == ""
+
+
+def test_limit_hit_is_incomplete_exit_3() -> None:
+    r = run("check", "memslot-delete", "--max-states", "50")
+    assert r.exit_code == 3, r.output
+    assert r.stdout.startswith("INCOMPLETE v6.9 memslot-delete vcpus=2: --max-states 50 reached")
+    assert re.search(r"covered \d+ states \(\d+ executions\)", r.stdout)
+    out = json.loads(run("check", "memslot-delete", "--max-states", "50", "--json").stdout)
+    assert out["verdict"] == "incomplete" and "max-states" in out["reason"] and out["states"] >= 50
+
+
+def test_progress_goes_to_stderr_only() -> None:
+    r = run("check", "memslot-delete", "--time-limit", "1.2", "--progress", "--json")
+    assert r.exit_code == 3
+    assert json.loads(r.stdout)["verdict"] == "incomplete"
+    assert "states/s" in r.stderr
+
+
+def test_progress_line() -> None:
+    line = report.render_progress(Stats(states=12345, executions=678, max_depth=9, seconds=2.0))
+    assert line.startswith("12,345 states  678 executions  6,172 states/s")
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+def test_replay_reproduces_the_printed_violation() -> None:
+    found = run("check", "vcpu-load", "--mutant", "no-recheck")
+    assert found.exit_code == 1
+    command = found.stdout.splitlines()[-1].removeprefix("replay:").strip()
+    argv = shlex.split(command)
+    assert argv[:2] == ["tdpmmu", "replay"]
+    again = run(*argv[1:], "--json")
+    assert again.exit_code == 1, again.output
+    out = json.loads(again.stdout)
+    first = json.loads(run("check", "vcpu-load", "--mutant", "no-recheck", "--json").stdout)["violation"]
+    assert out["violation"]["kind"] == first["kind"] == "duplicate-root"
+    assert out["violation"]["message"] == first["message"]
+    assert out["violation"]["trace"] == first["trace"]
+    text = run(*argv[1:])
+    assert text.exit_code == 1
+    assert "tdpmmu: duplicate-root in kvm_tdp_mmu_alloc_root" in text.stdout
+    assert "Call Trace:" in text.stdout
+
+
+def test_replay_without_violation_exits_0() -> None:
+    r = run("replay", "vcpu-load", "--schedule", "0,0,1")
+    assert r.exit_code == 0, r.output
+    assert "NO VIOLATION v6.9 vcpu-load vcpus=2: 3 steps replayed" in r.stdout
+    out = json.loads(run("replay", "vcpu-load", "-s", "0,0,1", "--json").stdout)
+    assert out["verdict"] == "pass" and out["violation"] is None and not out["finished"]
+    assert [s["thread"] for s in out["trace"]] == ["vcpu0", "vcpu0", "vcpu1"]
+
+
+# -- list -----------------------------------------------------------------------------
+
+
+def test_list() -> None:
+    r = run("list")
+    assert r.exit_code == 0
+    for name in ("vcpu-load", "memslot-delete", "v6.8+p7", "576a15de8d29", "refcount-one", "KVM_BUG_ON"):
+        assert name in r.stdout
+    out = json.loads(run("list", "--json").stdout)
+    assert {k["name"] for k in out["kernels"]} >= {"v6.8", "v6.9"}
+    assert [k["name"] for k in out["kernels"] if k["default"]] == ["v6.9"]
+    mutant = next(m for m in out["mutants"] if m["name"] == "refcount-one")
+    assert mutant["scenario"] == "vcpu-load" and "KVM_BUG_ON" in mutant["expected"] and mutant["summary"]
+
+
+# -- rendering details ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("function", "path"),
+    [
+        ("kvm_tdp_mmu_put_root", "arch/x86/kvm/mmu/tdp_mmu.c"),
+        ("tdp_mmu_next_root", "arch/x86/kvm/mmu/tdp_mmu.c"),
+        ("kvm_mmu_free_roots", "arch/x86/kvm/mmu/mmu.c"),
+        ("mmu_alloc_direct_roots", "arch/x86/kvm/mmu/mmu.c"),
+        ("is_page_fault_stale", "arch/x86/kvm/mmu/mmu.c"),
+        ("vcpu_enter_guest", "arch/x86/kvm/x86.c"),
+        ("kvm_put_kvm", "virt/kvm/kvm_main.c"),
+    ],
+)
+def test_source_file(function: str, path: str) -> None:
+    assert report.source_file(function) == path
+
+
+def _step(tid: int, stack: list[str]) -> TraceStep:
+    return TraceStep(0, tid, f"vcpu{tid}", stack[-1], stack, "read_lock(kvm.mmu_lock)")
+
+
+@pytest.mark.parametrize(
+    ("kind", "header"),
+    [
+        ("use-after-free", "BUG: KASAN: slab-use-after-free in kvm_tdp_mmu_put_root"),
+        ("deadlock", "WARNING: possible deadlock in kvm_tdp_mmu_put_root"),
+        ("WARNING", "WARNING: CPU: 1 PID: 1001 at arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_put_root"),
+        ("leak", "tdpmmu: leak in kvm_tdp_mmu_put_root"),
+    ],
+)
+def test_splat_headers(kind: str, header: str) -> None:
+    v = Violation(kind, "boom", function="kvm_tdp_mmu_put_root", thread="vcpu1")
+    trace = [_step(0, ["vcpu_run"]), _step(1, ["vcpu_run", "kvm_mmu_free_roots", "kvm_tdp_mmu_put_root"])]
+    text = report.render_splat(Config("vcpu-load"), v, trace)
+    assert text.splitlines()[:2] == [header, "boom"]
+    assert "Comm: vcpu1" in text
+    assert text.splitlines()[-4:-1] == [" kvm_tdp_mmu_put_root", " kvm_mmu_free_roots", " vcpu_run"]
+
+
+def test_call_trace_cut_back_to_the_reporting_function() -> None:
+    v = Violation("KVM_BUG_ON", "x", function="zap", thread="t")
+    assert report.call_trace(v, _step(0, ["outer", "zap", "next_root"])) == ["zap", "outer"]
+    assert report.call_trace(v, _step(0, ["outer"])) == ["zap", "outer"]
+
+
+# -- the real entry points ------------------------------------------------------------
+
+
+def test_python_dash_m() -> None:
+    ok = subprocess.run([sys.executable, "-m", "tdpmmu", "check", "vcpu-load", "--vcpus", "1"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("PASS ")
+    bad = subprocess.run([sys.executable, "-m", "tdpmmu", "check", "vcpu-load", "--bogus"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("tdpmmu: error: No such option: --bogus")
+
+
+def test_ctrl_c_is_incomplete() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tdpmmu", "check", "memslot-delete", "--json", "--progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job ignores it
+    )
+    assert proc.stderr is not None
+    assert "states/s" in proc.stderr.readline()  # the search is running
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    result = json.loads(out)
+    assert result["verdict"] == "incomplete" and result["reason"] == "interrupted" and result["states"] > 0

@@ -18,6 +18,7 @@ from tdpmmu.cli import app
 from tdpmmu.explore.execution import TraceStep
 from tdpmmu.explore.result import Stats
 from tdpmmu.explore.runtime import Violation
+from tdpmmu.explore.schedule import decode
 
 runner = CliRunner()
 
@@ -59,8 +60,8 @@ def test_violation_json() -> None:
     v = out["violation"]
     assert v["kind"] in out["expected"]
     assert v["message"] and v["function"] and v["thread"]
-    assert re.fullmatch(r"\d+(:\d+)?(,\d+(:\d+)?)*", v["schedule"])
-    assert len(v["trace"]) == len(v["schedule"].split(","))
+    assert re.fullmatch(r"\d+(:\d+)?(\*\d+)?(,\d+(:\d+)?(\*\d+)?)*", v["schedule"])
+    assert len(v["trace"]) == len(decode(v["schedule"]))
     step = v["trace"][-1]
     assert set(step) == {"step", "thread", "function", "stack", "action", "notes"}
     assert step["function"] == step["stack"][-1]

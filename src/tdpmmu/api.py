@@ -32,6 +32,7 @@ class Config:
     mutant: str | None = None
     vcpus: int = 2
     cache: bool = True
+    symmetry: bool = True
 
     def validate(self) -> None:
         _pick("scenario", self.scenario, SCENARIOS)  # type: ignore[arg-type]
@@ -50,4 +51,5 @@ class Config:
 def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:
     """Explore every interleaving of the scenario (within the limits)."""
     program = config.program()
-    return DepthFirst(program, limits or Limits(), progress, cache=config.cache).run()
+    return DepthFirst(program, limits or Limits(), progress, cache=config.cache,
+                      symmetry=config.symmetry and config.cache).run()

@@ -136,6 +136,10 @@ def check(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not prune states seen before: run every interleaving.")
     ] = False,
+    symmetry: Annotated[
+        bool, typer.Option("--symmetry/--no-symmetry",
+                           help="Explore states equal up to swapping vCPUs once (needs the cache).")
+    ] = True,
     as_json: AsJson = False,
     progress: Annotated[
         bool | None,
@@ -144,7 +148,7 @@ def check(
     ] = None,
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
-    config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache)
+    config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache, symmetry=symmetry)
     limits = Limits(max_states=max_states, time_limit=time_limit)
     try:
         with ProgressDisplay(sys.stderr.isatty() if progress is None else progress) as show:

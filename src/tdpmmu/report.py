@@ -75,6 +75,8 @@ def call_trace(violation: Violation, step: TraceStep | None) -> list[str]:
     """The violating call chain, innermost first. A step's recorded stack is where the
     thread stood *before* it ran; the violation names the function that reported it,
     so the chain is cut back to that function, or extended by it."""
+    if violation.stack:  # recorded when the violation was reported
+        return violation.stack[::-1]
     stack = list(step.stack) if step else []
     fn = violation.function
     if fn in stack:

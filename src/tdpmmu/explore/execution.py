@@ -21,12 +21,15 @@ from typing import Any
 from tdpmmu.explore.program import Program, ThreadSpec
 from tdpmmu.explore.runtime import (
     INLINE_CODE,
+    NAME,
     PRIMITIVE_CODE,
     Op,
     ReplayWorld,
+    Tid,
     Violation,
     set_world,
 )
+from tdpmmu.explore.symmetry import frames_hash, make_rename, world_hash
 
 Transition = tuple[int, int]  # (thread id, branch index)
 Schedule = list[Transition]
@@ -66,7 +69,7 @@ class ThreadState:
         self.name = spec.name
         self.daemon = spec.daemon
         self.group = spec.group
-        self.gen: GeneratorType = spec.start()  # type: ignore[type-arg, assignment]
+        self.gen: Any = spec.start()
         self.pending: Op | None = None
         self.alive = True
         self.steps = 0  # steps taken in the current state
@@ -76,7 +79,8 @@ class ThreadState:
         self.choices: list[int] = []  # branch sent at each step
 
 
-ThreadSnap = tuple[int, bool, "Op | None", int]  # steps, alive, pending, fingerprint
+# steps, alive, pending, fingerprint, frames
+ThreadSnap = tuple[int, bool, "Op | None", int, tuple[tuple[Any, ...], ...]]
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Snapshot:
 def _frames(gen: GeneratorType) -> list[FrameType]:  # type: ignore[type-arg]
     """The chain of generator frames a thread is suspended in, outermost first."""
     out = []
-    g = gen
+    g: Any = gen
     while isinstance(g, GeneratorType) and g.gi_frame is not None:
         out.append(g.gi_frame)
         g = g.gi_yieldfrom
@@ -110,17 +114,22 @@ def _value(v: object) -> object:
     return v
 
 
-def thread_fingerprint(gen: GeneratorType) -> int:  # type: ignore[type-arg]
-    """Position (code, instruction offset) and live locals of every frame of a thread."""
+def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: ignore[type-arg]
+    """Position (code, instruction offset) and live locals of every frame of a thread:
+    what a thread's fingerprint hashes, kept so symmetry can rename it later."""
     parts = []
-    g = gen
+    g: Any = gen
     while isinstance(g, GeneratorType):
         f = g.gi_frame
         if f is None:
             break
         parts.append((g.gi_code, f.f_lasti, *map(_value, f.f_locals.values())))
         g = g.gi_yieldfrom
-    return hash(tuple(parts))
+    return tuple(parts)
+
+
+def thread_fingerprint(gen: GeneratorType) -> int:  # type: ignore[type-arg]
+    return hash(thread_frames(gen))
 
 
 class Execution:
@@ -133,7 +142,9 @@ class Execution:
         world.tracing = tracing
         world.thread_names = [s.name for s in specs]
         self.threads = [ThreadState(s) for s in specs]
+        self.tids = [Tid(i) for i in range(len(specs))]
         self.fps = [DONE_FP] * len(self.threads)
+        self.frames: list[tuple[tuple[Any, ...], ...]] = [()] * len(self.threads)
         self.max_steps = max_steps
         self.trace: list[TraceStep] = []
         self.depth = 0
@@ -146,7 +157,7 @@ class Execution:
     def _resume(self, tid: int, choice: int | None) -> None:
         t = self.threads[tid]
         w = self.world
-        w.tid = tid
+        w.tid = self.tids[tid]
         w.log = t.log
         try:
             t.pending = t.gen.send(choice)
@@ -157,7 +168,9 @@ class Execution:
             self._model_error(exc)
         else:
             try:
-                self.fps[tid] = thread_fingerprint(t.gen)
+                frames = thread_frames(t.gen)
+                self.fps[tid] = hash(frames)
+                self.frames[tid] = frames
             except TypeError as exc:  # an unhashable local: the model must use values
                 w.report("model-error", f"thread {t.name} holds an unhashable local: {exc}")
         finally:
@@ -172,6 +185,7 @@ class Execution:
         t.pending = None
         t.alive = False
         self.fps[tid] = DONE_FP
+        self.frames[tid] = ()
 
     def _model_error(self, exc: Exception) -> None:
         tb = traceback.extract_tb(exc.__traceback__)
@@ -186,7 +200,7 @@ class Execution:
         """Bring a thread's generator back to its current step from its own log."""
         t = self.threads[tid]
         n = t.steps
-        set_world(ReplayWorld(t.log, tid, self.world.thread_names))
+        set_world(ReplayWorld(t.log, self.tids[tid], self.world.thread_names))
         try:
             gen = t.spec.start()
             next(gen)
@@ -257,6 +271,37 @@ class Execution:
     def fingerprint(self) -> int:
         return hash((self.world.h, *self.fps))
 
+    def canonical_fingerprint(self) -> int:
+        """The fingerprint of this state with symmetric threads renamed into a canonical
+        order (see ``symmetry``); equal to ``fingerprint()`` when nothing moves."""
+        symmetry = getattr(self.program, "symmetry", None)
+        groups = symmetry(self.world) if symmetry is not None else None
+        if not groups:
+            return self.fingerprint()
+        w = self.world
+        set_world(w)
+        tid_map: dict[int, Tid] = {}
+        oid_map: dict[int, int] = {}
+        for group in groups:
+            # Order members by what they are, not who they are: every member renamed
+            # to one placeholder, then their thread and own object hashed.
+            anon = make_rename({t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})
+            own = {o: 0 for _, o in group}
+            for (oid, f), value in w.cells.items():
+                if oid in own and f != NAME:
+                    own[oid] ^= hash((f, anon(value)))
+            keyed = sorted(((frames_hash(self.frames[t], anon), own[o]), t, o) for t, o in group)
+            for (slot_t, slot_o), (_, t, o) in zip(group, keyed, strict=True):
+                tid_map[t] = self.tids[slot_t]
+                oid_map[o] = slot_o
+        if all(tid_map[t] == t for t in tid_map):
+            return self.fingerprint()
+        rename = make_rename(tid_map, oid_map)
+        fps = list(self.fps)
+        for tid, t in enumerate(self.threads):
+            fps[tid_map.get(tid, tid)] = frames_hash(self.frames[tid], rename) if t.alive else DONE_FP
+        return hash((world_hash(w, oid_map, rename), *fps))
+
     def deadlock(self) -> Violation:
         blocked = [f"{t.name} waits in {t.pending.label()}" for t in self.threads
                    if t.alive and not t.daemon and t.pending is not None]
@@ -272,7 +317,7 @@ class Execution:
     def snapshot(self) -> Snapshot:
         return Snapshot(
             self.world.snapshot(),
-            [(t.steps, t.alive, t.pending, self.fps[i]) for i, t in enumerate(self.threads)],
+            [(t.steps, t.alive, t.pending, self.fps[i], self.frames[i]) for i, t in enumerate(self.threads)],
             self.depth,
         )
 
@@ -280,10 +325,11 @@ class Execution:
         """Go back to an *ancestor* of the current state (depth-first backtracking):
         every thread's history is then a prefix of what it has logged."""
         self.world.restore(snap.world)
-        for tid, (steps, alive, pending, fp) in enumerate(snap.threads):
+        for tid, (steps, alive, pending, fp, frames) in enumerate(snap.threads):
             t = self.threads[tid]
             t.steps, t.alive, t.pending = steps, alive, pending
             self.fps[tid] = fp
+            self.frames[tid] = frames
             del t.log[t.marks[steps]:]
             del t.marks[steps + 1:]
             del t.choices[steps:]
@@ -300,7 +346,9 @@ class Execution:
         return ex
 
 
-def replay_checked(program: Program, schedule: Schedule, max_steps: int = 0) -> tuple[Execution, Violation | None]:
+def replay_checked(
+    program: Program, schedule: Schedule, max_steps: int = 0
+) -> tuple[Execution, Violation | None]:
     """Re-run a user-supplied schedule with tracing, refusing steps that are not enabled.
 
     Returns the execution and the violation it reached (a deadlock or end-of-execution

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tdpmmu.explore.runtime import Thread, World
 
@@ -20,6 +20,7 @@ class ThreadSpec:
     start: Callable[[], Thread]  # makes the thread's generator; called again to rebuild it
     daemon: bool = False  # e.g. the RCU callback runner: never keeps an execution alive
     group: str = ""  # threads with the same non-empty group run identical code (symmetry)
+    owner: Any = None  # the object only this thread owns (its vCPU), renamed with it
 
 
 class Program(Protocol):

@@ -62,9 +62,21 @@ class Violation:
     function: str = ""
     thread: str = ""
     details: str = ""  # e.g. the Python traceback of a model error
+    stack: list[str] = field(default_factory=list)  # model call chain at the report, outermost first
 
 
 NEXT_OID: Key = (-1, "next_oid")
+NAME = "__name__"
+
+
+class Tid(int):
+    """A thread id stored in shared state (a lock owner, an RCU reader): typed, so that
+    symmetry reduction can rename thread ids without mistaking counters for them."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"T{int(self)}"
 
 
 class World:
@@ -97,7 +109,7 @@ class World:
         self.cells: dict[Key, Hashable] = {NEXT_OID: 1}
         self.h = hash((NEXT_OID, 1))
         self.freed: set[int] = set()
-        self.tid = -1
+        self.tid: int = Tid(-1)
         self.thread_names: list[str] = []
         self.violation: Violation | None = None
         self.tracing = False
@@ -141,7 +153,9 @@ class World:
         oid: int = self.peek(NEXT_OID)
         self.set(NEXT_OID, oid + 1)
         self.set((oid, "__type__"), kind)
-        self.set((oid, "__name__"), name or f"{getattr(kind, 'C_NAME', '') or kind.__name__}{oid}")
+        # A display name is not state: it is kept out of the fingerprint (``h``), so
+        # that states equal up to renaming symmetric objects fingerprint alike.
+        self.cells[(oid, NAME)] = name or f"{getattr(kind, 'C_NAME', '') or kind.__name__}{oid}"
         self.set((oid, "__live__"), True)
         return oid
 
@@ -149,7 +163,7 @@ class World:
         return self.peek((oid, "__type__"))
 
     def name_of(self, oid: int) -> str:
-        return str(self.peek((oid, "__name__")))
+        return str(self.peek((oid, NAME)))
 
     def oids(self) -> range:
         return range(1, self.peek(NEXT_OID))
@@ -180,7 +194,8 @@ class World:
         """Record a violation. The thread keeps running, like the kernel after a WARN;
         the engine ends the execution after the current step."""
         if self.violation is None:
-            self.violation = Violation(kind, message, function=_model_caller())
+            stack = _model_stack()
+            self.violation = Violation(kind, message, function=stack[-1] if stack else "", stack=stack)
 
     def note(self, text: str) -> None:
         """Say what a step did (e.g. a refcount's new value); kept only for traces."""
@@ -220,18 +235,20 @@ class ReplayWorld(World):
         pass
 
 
-def _model_caller() -> str:
-    """The innermost model function on the Python stack: who hit the WARN/BUG."""
+def _model_stack() -> list[str]:
+    """The model functions on the Python stack, outermost first: who hit the WARN/BUG
+    and how it got there (the splat's Call Trace)."""
+    out = []
     f = sys._getframe(2)
     while f is not None:
         code = f.f_code
         if code.co_name in ("check_state", "check_final"):
-            return ""  # a Program's invariant: the engine names the step instead
+            return []  # a Program's invariant: the engine names the step instead
         module = f.f_globals.get("__name__", "")
-        if not module.startswith(("tdpmmu.explore", "tdpmmu.kernel")) and code not in INLINE_CODE:
-            return code.co_name
+        if module.startswith("tdpmmu.kvm") and code not in INLINE_CODE:
+            out.append(code.co_name)
         f = f.f_back  # type: ignore[assignment]
-    return ""
+    return out[::-1]
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Schedules as strings a user can paste: "0,0,2,2:1,1" = thread ids in step order,
-":N" after an id choosing branch N of a nondeterministic step (e.g. need_resched)."""
+"""Schedules as strings a user can paste: "0*3,2,2:1,1" = thread ids in step order,
+"*N" repeating a step N times, ":B" after an id choosing branch B of a nondeterministic
+step (e.g. need_resched)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,31 @@ class BadSchedule(ValueError):
 
 
 def encode(schedule: Schedule) -> str:
-    return ",".join(f"{tid}:{c}" if c else str(tid) for tid, c in schedule)
+    parts: list[str] = []
+    i = 0
+    while i < len(schedule):
+        j = i
+        while j + 1 < len(schedule) and schedule[j + 1] == schedule[i]:
+            j += 1
+        tid, c = schedule[i]
+        step = f"{tid}:{c}" if c else str(tid)
+        parts.append(f"{step}*{j - i + 1}" if j > i else step)
+        i = j + 1
+    return ",".join(parts)
 
 
 def decode(text: str) -> Schedule:
     out: Schedule = []
     for i, part in enumerate(p for p in text.replace(" ", "").split(",") if p):
-        tid, _, choice = part.partition(":")
+        step, _, times = part.partition("*")
+        tid, _, choice = step.partition(":")
         try:
-            out.append((int(tid), int(choice) if choice else 0))
+            n = int(times) if times else 1
+            if n < 1 or int(tid) < 0:
+                raise ValueError
+            out.extend([(int(tid), int(choice) if choice else 0)] * n)
         except ValueError:
-            raise BadSchedule(f"step {i + 1} of the schedule is {part!r}, not TID or TID:BRANCH") from None
+            raise BadSchedule(
+                f"part {i + 1} of the schedule is {part!r}, not TID, TID:BRANCH or TID*COUNT"
+            ) from None
     return out

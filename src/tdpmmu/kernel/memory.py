@@ -84,10 +84,13 @@ class Struct:
         name = world().name_of(self.oid)
         return f"{name}.{self.prefix[:-1]}" if self.prefix else name
 
-    def container(self) -> Struct:
+    def renamed(self, oid_map: dict[int, int]) -> Struct:
+        """This handle with its object renamed (symmetry reduction)."""
+        return type(self)(oid_map.get(self.oid, self.oid), self.prefix)
+
+    def container(self) -> Any:
         """``container_of``: the top-level object this (embedded) struct belongs to."""
-        obj: Struct = world().type_of(self.oid)(self.oid)
-        return obj
+        return world().type_of(self.oid)(self.oid)
 
 
 _LAYOUTS: dict[type, tuple[tuple[str, Hashable], ...]] = {}

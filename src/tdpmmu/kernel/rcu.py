@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.explore.runtime import NAME, Op, primitive, world
 from tdpmmu.kernel.memory import Field, Struct
 
 RcuCallback = Callable[[Any], object]
@@ -30,7 +30,7 @@ RCU = _RcuState(0)
 
 def rcu_init() -> None:
     """Called by a program's build, before any thread runs."""
-    world().set((0, "__name__"), "rcu")
+    world().cells[(0, NAME)] = "rcu"
     world().set((0, "__live__"), True)
     RCU.readers = frozenset()
     RCU.pending = ()
@@ -73,7 +73,31 @@ def rcu_read_unlock() -> Generator[Op, int, None]:
 def call_rcu(obj: object, fn: RcuCallback) -> Generator[Op, int, None]:
     yield Op("call_rcu", obj, getattr(fn, "__name__", fn))
     in_section = frozenset(t for t, _ in RCU.readers)
-    RCU.pending = (*RCU.pending, (obj, fn, in_section))
+    RCU.pending = (*RCU.pending, (obj, _Callback(fn), in_section))
+
+
+class _Callback:
+    """A callback as a value: a bound method hashes by its object's *address*, which
+    would make fingerprints differ between two runs of the same program."""
+
+    __slots__ = ("func", "owner")
+
+    def __init__(self, fn: RcuCallback) -> None:
+        self.func: Any = getattr(fn, "__func__", fn)
+        self.owner: Any = getattr(fn, "__self__", None)
+
+    def __call__(self, obj: object) -> object:
+        return self.func(obj) if self.owner is None else self.func(self.owner, obj)
+
+    def __hash__(self) -> int:
+        return hash((self.func, self.owner))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Callback) and (other.func, other.owner) == (self.func, self.owner)
+
+    @property
+    def __name__(self) -> str:
+        return str(self.func.__name__)
 
 
 def _ready() -> bool:

@@ -24,7 +24,10 @@ Steps = Generator[Op, int, None]
 
 # A mutant is a mixin put in front of a kernel class, so its super() is that kernel.
 # Type checkers see it as a Kernel subclass; at run time it is a plain mixin.
-Base = Kernel if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    Base = Kernel
+else:
+    Base = object
 
 
 class ZapUnscheduledRoots(Base):
@@ -96,7 +99,7 @@ class Mutant:
     @property
     def summary(self) -> str:
         doc = (self.cls.__doc__ or "").strip()
-        return doc.split("\n\n")[0].replace("\n", " ")
+        return " ".join(doc.split("\n\n")[0].split())
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -107,7 +110,7 @@ MUTANTS: dict[str, Mutant] = {
         Mutant("no-recheck", NoRecheck, frozenset({"duplicate-root"}), "vcpu-load", "M1"),
         Mutant("refcount-one", RefcountOne, frozenset({"KVM_BUG_ON", "use-after-free"}),
                "vcpu-load", "B10 edbdb43fc96b (before it: one reference per root)"),
-        Mutant("invalidate-under-read-lock", InvalidateUnderReadLock, frozenset(),
+        Mutant("invalidate-under-read-lock", InvalidateUnderReadLock, frozenset({"spte-in-invalid-root"}),
                "memslot-delete", "M3"),
     )
 }

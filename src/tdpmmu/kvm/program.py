@@ -29,16 +29,25 @@ class KvmProgram:
         kvm = kzalloc(Kvm, name="kvm")
         INIT_LIST_HEAD(kvm.arch.tdp_mmu_roots)
         vcpus = tuple(
-            kzalloc(kvm_vcpu, name=f"vcpu{i}", kvm=kvm, vcpu_id=i) for i in range(self.nr_vcpus)
+            kzalloc(kvm_vcpu, name=f"vcpu{i}", kvm=kvm) for i in range(self.nr_vcpus)
         )
         kvm.vcpus = vcpus
         kvm.created_vcpus = len(vcpus)
         threads = self.scenario.threads(self.kernel, kvm, vcpus)
         kvm.users_count = len(threads)  # each of them puts its reference when done
         self.kvm = kvm
+        self.members = [(tid, t.owner.oid) for tid, t in enumerate(threads) if t.owner is not None]
         threads.append(ThreadSpec("destroy", partial(self.kernel.kvm_destroy_vm, kvm)))
         threads.append(ThreadSpec("rcu", rcu_callback_thread, daemon=True))
         return w, threads
+
+    def symmetry(self, world: World) -> list[list[tuple[int, int]]] | None:
+        """vCPU threads run the same code on their own vCPU, so they are interchangeable,
+        until VM teardown starts (it unloads vCPUs in index order)."""
+        assert self.kvm is not None
+        if self.kvm.users_count == 0 or len(self.members) < 2:
+            return None
+        return [self.members]
 
     def check_state(self, world: World) -> None:
         """Invariants of every state (kernel-protocol.md §6)."""

@@ -22,7 +22,8 @@ class Scenario:
 
 def _vcpus(k: Kernel, vcpus: tuple[kvm_vcpu, ...], gfns: tuple[int | None, ...],
            smm: tuple[int, ...] = ()) -> list[ThreadSpec]:
-    return [ThreadSpec(f"vcpu{v.vcpu_id}", partial(k.vcpu_run, v, gfns, smm), group="vcpu") for v in vcpus]
+    return [ThreadSpec(f"vcpu{i}", partial(k.vcpu_run, v, gfns, smm), group="vcpu", owner=v)
+            for i, v in enumerate(vcpus)]
 
 
 def vcpu_load(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:

@@ -102,7 +102,6 @@ class kvm_vcpu_arch(Struct):
 class kvm_vcpu(Struct):
     C_NAME = "vcpu"
     kvm = Field(None)
-    vcpu_id = Field(0)
     requests = Field(frozenset())
     mode = Field(0)  # OUTSIDE_GUEST_MODE / IN_GUEST_MODE
     in_guest = Field(False)  # ghost: past the last request check, running the guest

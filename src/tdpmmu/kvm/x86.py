@@ -127,3 +127,11 @@ class Kernel(X86):
 
     NAME = "v6.9"
     COMMIT = "576a15de8d29 (the series' last patch, merged for v6.9)"
+
+    # The kernel object sits in every thread's frames (``self``): hash it by what it
+    # is, so that fingerprints agree between two programs built for the same kernel.
+    def __hash__(self) -> int:
+        return hash(self.NAME)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)

@@ -37,14 +37,14 @@ class Search:
     def tick(self) -> None:
         """Call once per search iteration; checks limits now and then."""
         self._tick += 1
+        if self.limits.max_states and self.stats.states >= self.limits.max_states:
+            raise LimitReached(f"--max-states {self.limits.max_states} reached")
         if self._tick % self.PROGRESS_EVERY:
             return
         self.stats.seconds = time.perf_counter() - self._start
         if self.progress is not None:
             self.progress(self.stats)
         lim = self.limits
-        if lim.max_states and self.stats.states >= lim.max_states:
-            raise LimitReached(f"--max-states {lim.max_states} reached")
         if lim.time_limit and self.stats.seconds >= lim.time_limit:
             raise LimitReached(f"--time-limit {lim.time_limit:g}s reached")
 

@@ -20,12 +20,14 @@ class DepthFirst(Search):
     see docs/design.md)."""
 
     def __init__(self, *args: object, cache: bool = True, restore: str = "snapshot",
-                 **kwargs: object) -> None:
+                 symmetry: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.cache = cache
+        self.symmetry = symmetry
         self.restore_by_replay = restore == "replay"
         self._replayed = 0
         self.final_states: set[int] = set()  # fingerprints of finished executions
+        self.final_canonical: set[int] = set()  # the same, up to symmetry
 
     def explore(self) -> tuple[Violation, Schedule] | None:
         ex: Execution = self.new_execution()
@@ -36,7 +38,8 @@ class DepthFirst(Search):
 
     def _dfs(self, ex: Execution) -> tuple[Violation, Schedule] | None:
         stats = self.stats
-        visited = {ex.fingerprint()}
+        fingerprint = Execution.canonical_fingerprint if self.symmetry else Execution.fingerprint
+        visited = {fingerprint(ex)}
         stats.states = 1
         first = self._expand(ex, [])
         if isinstance(first, tuple):
@@ -78,7 +81,7 @@ class DepthFirst(Search):
                 stats.executions += 1
                 return violation, [*path, tr]
             if self.cache:
-                fp = ex.fingerprint()
+                fp = fingerprint(ex)
                 if fp in visited:
                     stats.executions += 1
                     continue
@@ -114,4 +117,5 @@ class DepthFirst(Search):
         if violation is not None:
             return violation, list(path)
         self.final_states.add(ex.fingerprint())
+        self.final_canonical.add(ex.canonical_fingerprint())
         return []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.search.base import Progress
 from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.explore.search.shrink import shortest
 from tdpmmu.kvm.mutants import MUTANTS, build_kernel
 from tdpmmu.kvm.program import KvmProgram
 from tdpmmu.kvm.scenarios import SCENARIOS
@@ -33,6 +34,7 @@ class Config:
     vcpus: int = 2
     cache: bool = True
     symmetry: bool = True
+    shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
 
     def validate(self) -> None:
         _pick("scenario", self.scenario, SCENARIOS)  # type: ignore[arg-type]
@@ -51,5 +53,9 @@ class Config:
 def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:
     """Explore every interleaving of the scenario (within the limits)."""
     program = config.program()
-    return DepthFirst(program, limits or Limits(), progress, cache=config.cache,
-                      symmetry=config.symmetry and config.cache).run()
+    limits = limits or Limits()
+    symmetry = config.symmetry and config.cache
+    result = DepthFirst(program, limits, progress, cache=config.cache, symmetry=symmetry).run()
+    if result.verdict == "violation" and config.shrink:
+        result = shortest(program, result, limits, symmetry=symmetry)
+    return result

@@ -136,6 +136,9 @@ def check(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not prune states seen before: run every interleaving.")
     ] = False,
+    shrink_time: Annotated[
+        float, typer.Option(min=0.0, help="Seconds to look for a shorter counterexample (0: keep the first).")
+    ] = 10.0,
     symmetry: Annotated[
         bool, typer.Option("--symmetry/--no-symmetry",
                            help="Explore states equal up to swapping vCPUs once (needs the cache).")
@@ -149,7 +152,7 @@ def check(
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
     config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache, symmetry=symmetry)
-    limits = Limits(max_states=max_states, time_limit=time_limit)
+    limits = Limits(max_states=max_states, time_limit=time_limit, shrink_time=shrink_time)
     try:
         with ProgressDisplay(sys.stderr.isatty() if progress is None else progress) as show:
             result = run_check(config, limits, show)

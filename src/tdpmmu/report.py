@@ -182,7 +182,8 @@ def render_result(config: Config, result: Result) -> str:
     return "\n".join([
         render_splat(config, v, result.trace),
         "",
-        f"Interleaving ({len(result.trace)} steps):",
+        f"Interleaving ({len(result.trace)} steps, "
+        f"{'a shortest one' if result.minimal else 'not proved shortest'}):",
         render_trace(result.trace),
         "",
         f"VIOLATION {_run(config)}: {v.kind} after {_counts(stats)}",
@@ -256,6 +257,7 @@ def result_json(config: Config, result: Result) -> dict[str, Any]:
     s = result.stats
     out: dict[str, Any] = {
         "verdict": result.verdict,
+        "minimal": result.minimal,
         **_config_json(config),
         "cache": config.cache,
         "states": s.states,

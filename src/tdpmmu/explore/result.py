@@ -13,6 +13,7 @@ class Limits:
     max_states: int = 0  # 0 = unlimited
     time_limit: float = 0.0  # seconds, 0 = unlimited
     max_steps: int = 200  # per thread per execution: more is reported as livelock
+    shrink_time: float = 10.0  # seconds to spend looking for a shorter counterexample
 
 
 @dataclass
@@ -33,3 +34,4 @@ class Result:
     schedule: Schedule = field(default_factory=list)
     trace: list[TraceStep] = field(default_factory=list)
     reason: str = ""  # for "incomplete": which limit stopped the search
+    minimal: bool = False  # the counterexample is proved shortest (in steps)

@@ -151,6 +151,7 @@ class Mmu(TdpMmu):
         # In the same write-side critical section as the invalidation: a vCPU that
         # grabs a just-invalidated root must be told to drop it.
         yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        kvm.obsolete_roots_unannounced = False
         # kvm_zap_obsolete_pages(): shadow pages only; there are none with the TDP MMU.
         yield from write_unlock(kvm.mmu_lock)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)

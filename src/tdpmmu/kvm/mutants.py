@@ -11,9 +11,9 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tdpmmu.explore.runtime import Op, inline, world
+from tdpmmu.explore.runtime import Op, inline
 from tdpmmu.kernel.lockdep import lockdep_assert_held
-from tdpmmu.kernel.rculist import list_add_rcu, list_for_each
+from tdpmmu.kernel.rculist import list_add_rcu
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock
 from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
@@ -64,19 +64,10 @@ class RefcountOne(Base):
 
 
 class InvalidateUnderReadLock(Base):
-    """kvm_mmu_zap_all_fast() invalidates roots holding mmu_lock for read (M3), with the
-    lockdep assertion relaxed to match, as a patch making that change would do."""
+    """kvm_mmu_zap_all_fast() invalidates roots holding mmu_lock for read (M3), on a
+    kernel without CONFIG_PROVE_LOCKING (whose lockdep assertion would flag it first)."""
 
-    def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
-        if kvm.users_count and kvm.created_vcpus:
-            lockdep_assert_held(kvm.mmu_lock)  # the kernel asserts held for write
-        yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
-        for pos in list_for_each(kvm.arch.tdp_mmu_roots):
-            root = pos.container()
-            if not root.role.invalid:
-                root.tdp_mmu_scheduled_root_to_zap = True
-                root.role.invalid = True
-                world().note(f"{root!r} invalid, scheduled to zap")
+    CONFIG_PROVE_LOCKING = False
 
     def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
         lockdep_assert_held(kvm.slots_lock)
@@ -84,6 +75,7 @@ class InvalidateUnderReadLock(Base):
         kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
         yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        kvm.obsolete_roots_unannounced = False
         yield from read_unlock(kvm.mmu_lock)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
 

@@ -124,6 +124,8 @@ class kvm(Struct):
     vcpus = Field(())
     vm_bugged = Field(False)
     vm_dead = Field(False)
+    # ghost: roots were invalidated and KVM_REQ_MMU_FREE_OBSOLETE_ROOTS is not yet posted
+    obsolete_roots_unannounced = Field(False)
 
 
 Kvm = kvm  # for annotations, where a parameter is itself called ``kvm``

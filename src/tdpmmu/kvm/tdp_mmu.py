@@ -201,9 +201,11 @@ class TdpMmu:
     ROOT_INITIAL_REFS = 2
 
     # -- invalidation and zapping (notes §4) -------------------------------------------
+    CONFIG_PROVE_LOCKING = True
+
     def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
         # Waived when the VM is being destroyed (no users) or was never set up.
-        if kvm.users_count and kvm.created_vcpus:
+        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
             lockdep_assert_held_write(kvm.mmu_lock)
         yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
@@ -211,6 +213,7 @@ class TdpMmu:
             if not root.role.invalid:
                 root.tdp_mmu_scheduled_root_to_zap = True
                 root.role.invalid = True
+                kvm.obsolete_roots_unannounced = True
                 world().note(f"{root!r} invalid, scheduled to zap")
 
     def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm) -> Steps:

@@ -61,13 +61,14 @@ class X86(Mmu):
     @inline
     def check_guest_entry(self, vcpu: kvm_vcpu) -> None:
         """Property: a vCPU enters the guest on an invalid root only while the kick for
-        it is guaranteed: FREE_OBSOLETE_ROOTS is pending, or the invalidating thread
-        still holds mmu_lock for write and will post the request before releasing it."""
+        it is guaranteed: FREE_OBSOLETE_ROOTS is pending, or the invalidating thread has
+        yet to post it (the window between the invalidation and the request, which
+        kvm_mmu_zap_all_fast() keeps inside one mmu_lock critical section)."""
         root: kvm_mmu_page | None = vcpu.arch.mmu.root.hpa
         if root is None or not root.role.invalid:
             return
         kvm = vcpu.kvm
-        if KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests or kvm.mmu_lock.writer >= 0:
+        if KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests or kvm.obsolete_roots_unannounced:
             return
         world().report(
             "guest-on-invalid-root",

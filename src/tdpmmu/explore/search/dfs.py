@@ -20,10 +20,13 @@ class DepthFirst(Search):
     see docs/design.md)."""
 
     def __init__(self, *args: object, cache: bool = True, restore: str = "snapshot",
-                 symmetry: bool = False, **kwargs: object) -> None:
+                 symmetry: bool = False, depth_bound: int = 0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.cache = cache
         self.symmetry = symmetry
+        # With a bound, states at that depth are not expanded, and a state is expanded
+        # again if reached by a shorter path (so every violation within the bound is found).
+        self.depth_bound = depth_bound
         self.restore_by_replay = restore == "replay"
         self._replayed = 0
         self.final_states: set[int] = set()  # fingerprints of finished executions
@@ -39,7 +42,8 @@ class DepthFirst(Search):
     def _dfs(self, ex: Execution) -> tuple[Violation, Schedule] | None:
         stats = self.stats
         fingerprint = Execution.canonical_fingerprint if self.symmetry else Execution.fingerprint
-        visited = {fingerprint(ex)}
+        bound = self.depth_bound
+        visited: dict[int, int] = {fingerprint(ex): 0}  # fingerprint -> shallowest depth seen
         stats.states = 1
         first = self._expand(ex, [])
         if isinstance(first, tuple):
@@ -80,13 +84,18 @@ class DepthFirst(Search):
             if violation is not None:
                 stats.executions += 1
                 return violation, [*path, tr]
+            depth = len(path) + 1
             if self.cache:
                 fp = fingerprint(ex)
-                if fp in visited:
+                seen = visited.get(fp)
+                if seen is not None and (not bound or seen <= depth):
                     stats.executions += 1
                     continue
-                visited.add(fp)
+                visited[fp] = depth
             stats.states += 1
+            if bound and depth >= bound:
+                stats.executions += 1
+                continue
             path.append(tr)
             nxt = self._expand(ex, path)
             if isinstance(nxt, tuple):

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tdpmmu.explore.result import Limits, Result
-from tdpmmu.explore.search.base import Progress
+from tdpmmu.explore.search.base import Progress, Search
 from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.explore.search.random_walk import RandomPct
 from tdpmmu.explore.search.shrink import shortest
 from tdpmmu.kvm.mutants import MUTANTS, build_kernel
 from tdpmmu.kvm.program import KvmProgram
@@ -35,6 +36,9 @@ class Config:
     cache: bool = True
     symmetry: bool = True
     shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
+    preemptions: int | None = None  # bound the search to schedules with this many preemptions
+    random_runs: int = 0  # > 0: random PCT search with this many runs instead
+    seed: int = 0
 
     def validate(self) -> None:
         _pick("scenario", self.scenario, SCENARIOS)  # type: ignore[arg-type]
@@ -43,6 +47,12 @@ class Config:
             _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
         if not 1 <= self.vcpus <= 8:
             raise BadInput(f"--vcpus must be between 1 and 8, not {self.vcpus}")
+        if self.preemptions is not None and self.preemptions < 0:
+            raise BadInput(f"--preemptions must be 0 or more, not {self.preemptions}")
+        if self.random_runs < 0:
+            raise BadInput(f"--random must be 0 or more, not {self.random_runs}")
+        if self.random_runs and self.preemptions is not None:
+            raise BadInput("--random and --preemptions are separate searches: pick one")
 
     def program(self) -> KvmProgram:
         self.validate()
@@ -55,7 +65,13 @@ def check(config: Config, limits: Limits | None = None, progress: Progress | Non
     program = config.program()
     limits = limits or Limits()
     symmetry = config.symmetry and config.cache
-    result = DepthFirst(program, limits, progress, cache=config.cache, symmetry=symmetry).run()
+    search: Search
+    if config.random_runs:
+        search = RandomPct(program, limits, progress, runs=config.random_runs, seed=config.seed)
+    else:
+        search = DepthFirst(program, limits, progress, cache=config.cache, symmetry=symmetry,
+                            preemptions=config.preemptions)
+    result = search.run()
     if result.verdict == "violation" and config.shrink:
         result = shortest(program, result, limits, symmetry=symmetry)
     return result

@@ -136,6 +136,14 @@ def check(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not prune states seen before: run every interleaving.")
     ] = False,
+    preemptions: Annotated[
+        int | None, typer.Option(min=0, help="Only schedules with at most K preemptions (CHESS); "
+                                 "a pass is then 'incomplete', not a proof.", show_default=False)
+    ] = None,
+    random_runs: Annotated[
+        int, typer.Option("--random", min=0, help="Random search (PCT priorities): this many runs.")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of --random.")] = 0,
     shrink_time: Annotated[
         float, typer.Option(min=0.0, help="Seconds to look for a shorter counterexample (0: keep the first).")
     ] = 10.0,
@@ -151,7 +159,8 @@ def check(
     ] = None,
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
-    config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache, symmetry=symmetry)
+    config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache, symmetry=symmetry,
+                    preemptions=preemptions, random_runs=random_runs, seed=seed)
     limits = Limits(max_states=max_states, time_limit=time_limit, shrink_time=shrink_time)
     try:
         with ProgressDisplay(sys.stderr.isatty() if progress is None else progress) as show:

@@ -34,6 +34,10 @@ class Search:
     def explore(self) -> tuple[Violation, Schedule] | None:
         raise NotImplementedError
 
+    def not_exhaustive(self) -> str:
+        """Why finding nothing would not prove anything (a bounded or random search)."""
+        return ""
+
     def tick(self) -> None:
         """Call once per search iteration; checks limits now and then."""
         self._tick += 1
@@ -69,6 +73,7 @@ class Search:
                 self.program, schedule, tracing=True, max_steps=self.limits.max_steps
             ).trace
             return Result("violation", self.stats, violation, schedule, trace)
+        reason = reason or self.not_exhaustive()
         if reason:
             return Result("incomplete", self.stats, reason=reason)
         return Result("pass", self.stats)

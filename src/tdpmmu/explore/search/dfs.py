@@ -20,8 +20,12 @@ class DepthFirst(Search):
     see docs/design.md)."""
 
     def __init__(self, *args: object, cache: bool = True, restore: str = "snapshot",
-                 symmetry: bool = False, depth_bound: int = 0, **kwargs: object) -> None:
+                 symmetry: bool = False, depth_bound: int = 0,
+                 preemptions: int | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # CHESS's context bounding: only schedules that switch away from a thread that
+        # could have gone on at most `preemptions` times (None: no bound).
+        self.preemptions = preemptions
         self.cache = cache
         self.symmetry = symmetry
         # With a bound, states at that depth are not expanded, and a state is expanded
@@ -31,6 +35,13 @@ class DepthFirst(Search):
         self._replayed = 0
         self.final_states: set[int] = set()  # fingerprints of finished executions
         self.final_canonical: set[int] = set()  # the same, up to symmetry
+
+    def not_exhaustive(self) -> str:
+        if self.preemptions is not None:
+            return f"every schedule with at most {self.preemptions} preemptions explored; not a proof"
+        if self.depth_bound:
+            return f"every schedule of at most {self.depth_bound} steps explored; not a proof"
+        return ""
 
     def explore(self) -> tuple[Violation, Schedule] | None:
         ex: Execution = self.new_execution()
@@ -54,6 +65,8 @@ class DepthFirst(Search):
         cursor = [0]
         snaps = [] if self.restore_by_replay else [ex.snapshot()]
         path: Schedule = []  # transitions from the initial state to the top of the stack
+        used = [0]  # preemptions spent to reach each depth
+        pbound = self.preemptions
         live = True  # does `ex` stand at the top of the stack?
         while stack:
             self.tick()
@@ -66,10 +79,17 @@ class DepthFirst(Search):
                     snaps.pop()
                 if path:
                     path.pop()
+                used.pop()
                 live = False
                 continue
             cursor[-1] = i + 1
             tr = todo[i]
+            spent = used[-1]
+            if pbound is not None and path and tr[0] != path[-1][0] \
+                    and any(t == path[-1][0] for t, _ in todo):
+                spent += 1  # a preemption: the previous thread could have gone on
+                if spent > pbound:
+                    continue
             if not live:
                 if self.restore_by_replay:
                     rebuilt = ex.rebuilt
@@ -87,6 +107,8 @@ class DepthFirst(Search):
             depth = len(path) + 1
             if self.cache:
                 fp = fingerprint(ex)
+                if pbound is not None:  # the bounded future depends on these too
+                    fp = hash((fp, tr[0], spent))
                 seen = visited.get(fp)
                 if seen is not None and (not bound or seen <= depth):
                     stats.executions += 1
@@ -105,6 +127,7 @@ class DepthFirst(Search):
                 continue
             stack.append(nxt)
             cursor.append(0)
+            used.append(spent)
             if not self.restore_by_replay:
                 snaps.append(ex.snapshot())
             live = True

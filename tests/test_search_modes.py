@@ -1,0 +1,62 @@
+"""Bounded and random searches: they find the mutants' bugs, and never claim a proof."""
+
+from __future__ import annotations
+
+import pytest
+
+from tdpmmu.api import BadInput, Config, check
+from tdpmmu.explore.result import Limits
+from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.kvm.mutants import MUTANTS
+
+FAST = Limits(shrink_time=0)
+
+
+def test_preemption_bound_never_passes() -> None:
+    r = check(Config("vcpu-load", preemptions=1), FAST)
+    assert r.verdict == "incomplete"
+    assert "preemptions" in r.reason
+
+
+def test_preemption_bound_grows_coverage_within_the_full_space() -> None:
+    program = Config("double-memslot-delete", vcpus=1).program()
+    finals = []
+    for k in (0, 1, 2):
+        d = DepthFirst(program, FAST, preemptions=k)
+        d.run()
+        finals.append(d.final_states)
+    full = DepthFirst(program, FAST)
+    full.run()
+    assert finals[0] <= finals[1] <= finals[2] <= full.final_states
+    assert len(finals[0]) < len(full.final_states)
+
+
+def test_yilun_scenario_needs_two_preemptions() -> None:
+    """The zapper must be preempted by a vCPU allocating, and the vCPU by the zapper."""
+    config = Config("memslot-delete", mutant="zap-unscheduled-roots")
+    assert check(Config(**{**config.__dict__, "preemptions": 1}), FAST).verdict == "incomplete"
+    r = check(Config(**{**config.__dict__, "preemptions": 2}), FAST)
+    assert r.verdict == "violation" and r.violation is not None and r.violation.kind == "KVM_BUG_ON"
+
+
+@pytest.mark.parametrize("name", list(MUTANTS))
+def test_random_pct_finds_every_mutant(name: str) -> None:
+    m = MUTANTS[name]
+    r = check(Config(m.scenario, mutant=name, random_runs=500, seed=1), FAST)
+    assert r.verdict == "violation" and r.violation is not None and r.violation.kind in m.expect
+
+
+def test_random_pct_on_correct_kernel_is_not_a_proof() -> None:
+    r = check(Config("vcpu-load", random_runs=20, seed=7), FAST)
+    assert r.verdict == "incomplete" and r.stats.executions == 20
+
+
+def test_random_is_reproducible_by_seed() -> None:
+    a = check(Config("vcpu-load", mutant="no-recheck", random_runs=100, seed=5), FAST)
+    b = check(Config("vcpu-load", mutant="no-recheck", random_runs=100, seed=5), FAST)
+    assert a.schedule == b.schedule
+
+
+def test_random_and_preemptions_are_exclusive() -> None:
+    with pytest.raises(BadInput):
+        check(Config("vcpu-load", random_runs=5, preemptions=1))

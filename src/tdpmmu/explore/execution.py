@@ -30,6 +30,7 @@ from tdpmmu.explore.runtime import (
     set_world,
 )
 from tdpmmu.explore.symmetry import frames_hash, make_rename, world_hash
+from tdpmmu.explore.watchdog import PROGRESS
 
 Transition = tuple[int, int]  # (thread id, branch index)
 Schedule = list[Transition]
@@ -161,6 +162,7 @@ class Execution:
         w.log = t.log
         try:
             t.pending = t.gen.send(choice)
+            PROGRESS.steps += 1
         except StopIteration:
             self._end(t, tid)
         except Exception as exc:  # model code raised: a model error, never a crash

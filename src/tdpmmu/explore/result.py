@@ -14,6 +14,7 @@ class Limits:
     time_limit: float = 0.0  # seconds, 0 = unlimited
     max_steps: int = 200  # per thread per execution: more is reported as livelock
     shrink_time: float = 10.0  # seconds to spend looking for a shorter counterexample
+    hang_seconds: float = 5.0  # a step that runs this long twice over is a model error
 
 
 @dataclass

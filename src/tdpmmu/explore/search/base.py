@@ -9,6 +9,7 @@ from tdpmmu.explore.execution import Execution, Schedule
 from tdpmmu.explore.program import Program
 from tdpmmu.explore.result import Limits, Result, Stats
 from tdpmmu.explore.runtime import Violation
+from tdpmmu.explore.watchdog import watchdog
 
 Progress = Callable[[Stats], None]
 
@@ -57,6 +58,10 @@ class Search:
 
     # -- driver -----------------------------------------------------------------------
     def run(self) -> Result:
+        with watchdog(self.limits.hang_seconds):
+            return self._search()
+
+    def _search(self) -> Result:
         self._start = time.perf_counter()
         reason = ""
         found = None

@@ -4,7 +4,8 @@
     python bench/bench_checker.py --vcpus 2 --budget 60
 
 For each vCPU count it runs, side by side in one process:
-  * cache on, restore by snapshot + lazy thread rebuild (the default search),
+  * the default search (cache, vCPU symmetry, snapshot restore), what `tdpmmu check` runs,
+  * cache on without symmetry, restore by snapshot + lazy thread rebuild,
   * cache on, restore by replaying the schedule prefix (the alternative measured in
     docs/design.md),
   * cache off (every interleaving run to its end),
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from tdpmmu.explore.result import Limits
 from tdpmmu.explore.search.dfs import DepthFirst
 
 MODES = {
-    "cache+snapshot": {"cache": True, "restore": "snapshot"},
-    "cache+replay": {"cache": True, "restore": "replay"},
-    "no-cache": {"cache": False, "restore": "snapshot"},
+    "default": {"cache": True, "restore": "snapshot", "symmetry": True},  # tdpmmu check
+    "cache+snapshot": {"cache": True, "restore": "snapshot", "symmetry": False},
+    "cache+replay": {"cache": True, "restore": "replay", "symmetry": False},
+    "no-cache": {"cache": False, "restore": "snapshot", "symmetry": False},
 }
 
 
@@ -42,7 +45,13 @@ def run(scenario: str, kernel: str, vcpus: int, mode: str, budget: float) -> dic
         "verdict": r.verdict, "states": s.states, "executions": s.executions,
         "transitions": s.transitions, "replayed_steps": s.replayed, "seconds": round(s.seconds, 3),
         "states_per_s": round(s.states / s.seconds) if s.seconds else 0,
+        # peak RSS of this process so far (Linux: KiB); runs go in order, so it only grows
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+
+
+def _ratio(a: dict[str, object], b: dict[str, object], key: str) -> str:
+    return f"{float(a[key]) / max(float(b[key]), 1e-9):.1f}x"  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -56,7 +65,7 @@ def main() -> None:
 
     rows = []
     header = f"{'vcpus':>5} {'mode':<15} {'verdict':<10} {'states':>9} {'executions':>10} " \
-             f"{'replayed':>10} {'seconds':>8} {'states/s':>8}"
+             f"{'replayed':>10} {'seconds':>8} {'states/s':>8} {'peakMiB':>7}"
     print(f"{args.scenario} on {args.kernel}, budget {args.budget:g}s per run, "
           f"python {platform.python_version()}")
     print(header)
@@ -65,13 +74,18 @@ def main() -> None:
             row = run(args.scenario, args.kernel, n, mode, args.budget)
             rows.append(row)
             print(f"{n:>5} {mode:<15} {row['verdict']:<10} {row['states']:>9} {row['executions']:>10} "
-                  f"{row['replayed_steps']:>10} {row['seconds']:>8} {row['states_per_s']:>8}", flush=True)
+                  f"{row['replayed_steps']:>10} {row['seconds']:>8} {row['states_per_s']:>8} "
+                  f"{row['peak_rss_mib']:>7}", flush=True)
     by = {(r["vcpus"], r["mode"]): r for r in rows}
     for n in args.vcpus:
         a, b = by.get((n, "cache+snapshot")), by.get((n, "cache+replay"))
         if a and b and a["verdict"] == b["verdict"] == "pass":
-            print(f"vcpus={n}: snapshot restore is {float(b['seconds']) / float(a['seconds']):.1f}x "  # type: ignore[arg-type]
-                  "faster than replay restore (same states)")
+            print(f"vcpus={n}: snapshot restore is {_ratio(b, a, 'seconds')} faster than replay "
+                  "restore (same states)")
+        d = by.get((n, "default"))
+        if a and d and a["verdict"] == d["verdict"] == "pass":
+            print(f"vcpus={n}: symmetry explores {_ratio(a, d, 'states')} fewer states, "
+                  f"{_ratio(a, d, 'seconds')} less time")
     out = Path(__file__).parent / "results" / f"checker-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {out}")

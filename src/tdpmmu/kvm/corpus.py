@@ -1,0 +1,933 @@
+"""Regression corpus: the historical TDP MMU root bugs (kernel-protocol.md §5, B01..B15
+and M1..M8) as mutants the checker must catch.
+
+Each mutant is a mixin in the style of ``mutants.py``: it overrides as little as possible
+of the kernel it is put in front of (``build_kernel``), and says which violation kinds
+count as catching it. Bugs the model cannot express yet are rows without a mutant and
+with a ``why_not``. ``run_corpus`` checks every expressible row, and the same scenario on
+the row's *unmutated* kernel (which must pass: a violation there is a false positive).
+
+Everything here is applied to the v6.9 base model: every mutation is expressible there,
+including the older bugs, because the code they broke is still in v6.9 (B01's
+``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Only the
+async-worker era (5.18..6.5) would need its own kernel class; see B07.
+
+This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
+needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
+base model lacks, and ``unload-double-memslot-delete`` (B10's unlocked walk, isolated
+from the fault and guest-entry races the same missing lock also opens).
+
+Results, traces and what each fix does: docs/corpus.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, cast
+
+from tdpmmu.explore.execution import Schedule, TraceStep
+from tdpmmu.explore.program import ThreadSpec
+from tdpmmu.explore.result import Limits, Result
+from tdpmmu.explore.runtime import Op, inline, primitive, world
+from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.explore.search.shrink import shortest
+from tdpmmu.kernel.bug import KVM_BUG_ON
+from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
+from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
+from tdpmmu.kernel.rculist import (
+    LIST_POISON2,
+    list_first_or_null_rcu,
+    list_for_each,
+    list_head,
+    list_next_or_null_rcu,
+)
+from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_inc
+from tdpmmu.kernel.requests import kvm_make_all_cpus_request
+from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
+from tdpmmu.kvm.mutants import MUTANTS, Mutant, build_kernel
+from tdpmmu.kvm.program import KvmProgram
+from tdpmmu.kvm.scenarios import SCENARIOS, Scenario
+from tdpmmu.kvm.structs import (
+    INVALID_PAGE,
+    KVM_MMU_NUM_PREV_ROOTS,
+    KVM_MMU_ROOT_CURRENT,
+    KVM_MMU_ROOT_PREVIOUS,
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+    VALID_PAGE,
+    Kvm,
+    kvm_mmu,
+    kvm_mmu_page,
+    kvm_mmu_page_role,
+    kvm_mmu_root_info,
+    kvm_vcpu,
+)
+from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id
+from tdpmmu.kvm.versions import KERNELS
+from tdpmmu.kvm.x86 import Kernel
+
+Steps = Generator[Op, int, None]
+
+# A mutant is a mixin put in front of a kernel class, so its super() is that kernel.
+# Type checkers see it as a Kernel subclass; at run time it is a plain mixin.
+if TYPE_CHECKING:
+    Base = Kernel
+else:
+    Base = object
+
+
+# =====================================================================================
+# Primitives the mutants need: list accesses that are *not* serialized or RCU-checked.
+# The model's list_add_rcu/list_del_rcu are single steps because every caller holds
+# tdp_mmu_pages_lock; a caller that does not hold it gets the real, two-store list_del.
+# They are also @inline, so that a splat inside one names the kernel function calling
+# it (traces skip primitives either way), as for the primitives of tdpmmu.kernel.
+# =====================================================================================
+
+@inline
+@primitive
+def list_del_rcu_unserialized(entry: list_head) -> Steps:
+    """``list_del_rcu`` with no lock serializing it against other list mutators: its
+    stores ``next->prev = prev`` and ``WRITE_ONCE(prev->next, next)`` are separate
+    steps, so a concurrent ``list_add_rcu`` can land between them and be undone."""
+    yield Op("list_del_rcu", entry.container(), "next->prev = prev")
+    nxt, prv = entry.next, entry.prev
+    nxt.prev = prv
+    yield Op("list_del_rcu", entry.container(), "WRITE_ONCE(prev->next, next)")
+    prv.next = nxt
+    entry.prev = LIST_POISON2
+
+
+@inline
+@primitive
+def list_first_or_null_unchecked(head: list_head) -> Generator[Op, int, list_head | None]:
+    """``list_first_or_null_rcu`` on a kernel without CONFIG_PROVE_RCU: no lockdep-RCU
+    splat when called outside rcu_read_lock()."""
+    yield Op("list_first_or_null_rcu", head)
+    first: list_head = head.next
+    return None if first == head else first
+
+
+@inline
+@primitive
+def list_next_or_null_unchecked(head: list_head, ptr: list_head) -> Generator[Op, int, list_head | None]:
+    """``list_next_or_null_rcu`` without CONFIG_PROVE_RCU."""
+    yield Op("list_next_or_null_rcu", ptr.container())
+    nxt: list_head = ptr.next
+    return None if nxt == head else nxt
+
+
+@inline
+@primitive
+def list_next_plain(head: list_head, pos: list_head) -> Generator[Op, int, list_head]:
+    """One step of a plain ``list_for_each_entry``: ``pos = pos->next``. Without a lock
+    excluding the mutators, each dereference is its own step."""
+    yield Op("list_for_each_entry", "tdp_mmu_roots.next" if pos == head else f"{pos.container()!r}.link.next")
+    nxt: list_head = pos.next
+    return nxt
+
+
+def _root(pos: list_head) -> kvm_mmu_page:
+    """``list_entry(pos, struct kvm_mmu_page, link)``."""
+    return cast(kvm_mmu_page, pos.container())
+
+
+# =====================================================================================
+# Mutants
+# =====================================================================================
+
+class NextRootPlainDecrement(Base):
+    """B01: ``tdp_mmu_next_root()`` drops its reference on the previous root with a plain
+    decrement, ignoring that it may have been the last one (5.11-rc's
+    ``kvm_mmu_put_root()``, whose result the iterator discarded), instead of
+    ``kvm_tdp_mmu_put_root()``. A root whose last reference the iterator held stays on
+    the list with count 0, is never unlinked nor freed."""
+
+    def tdp_mmu_next_root(
+        self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        lockdep_assert_held(kvm.mmu_lock)
+        head = kvm.arch.tdp_mmu_roots
+        yield from rcu_read_lock()
+        if prev_root is not None:
+            pos = yield from list_next_or_null_rcu(head, prev_root.link)
+        else:
+            pos = yield from list_first_or_null_rcu(head)
+        next_root = _root(pos) if pos is not None else None
+        while next_root is not None:
+            if (not only_valid or not next_root.role.invalid) and (
+                yield from self.kvm_tdp_mmu_get_root(next_root)
+            ):
+                break
+            pos = yield from list_next_or_null_rcu(head, next_root.link)
+            next_root = _root(pos) if pos is not None else None
+        yield from rcu_read_unlock()
+        if prev_root is not None:
+            # The mutation: --root_count, whether or not it was the last reference.
+            yield from refcount_dec_and_test(prev_root.tdp_mmu_root_count)
+        return next_root  # type: ignore[return-value]
+
+
+class GetRootRefcountInc(Base):
+    """B02: ``kvm_tdp_mmu_get_root()`` takes its reference with an unconditional
+    ``refcount_inc()`` (the 5.12 ``atomic_inc`` before fb10129335ca/11cccf5c0472)
+    instead of ``refcount_inc_not_zero()``: a reader under the read lock that meets a
+    root whose final put is running resurrects it."""
+
+    def kvm_tdp_mmu_get_root(self, root: kvm_mmu_page) -> Generator[Op, int, bool]:
+        yield from refcount_inc(root.tdp_mmu_root_count)
+        return True
+
+
+class NextRootNoRcu(Base):
+    """B02: ``tdp_mmu_next_root()`` walks the root list without ``rcu_read_lock()``
+    (c0e64238ac53 "Protect the tdp_mmu_roots list with RCU" fixed the 5.12 walk). The
+    kernel's CONFIG_PROVE_RCU check in the list accessors reports it."""
+
+    def tdp_mmu_next_root(
+        self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        return (yield from self._next_root_without_rcu(kvm, prev_root, only_valid, checked=True))
+
+    @inline
+    def _next_root_without_rcu(
+        self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool, checked: bool
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        """The body of tdp_mmu_next_root() with rcu_read_lock()/unlock() removed."""
+        first = list_first_or_null_rcu if checked else list_first_or_null_unchecked
+        after = list_next_or_null_rcu if checked else list_next_or_null_unchecked
+        lockdep_assert_held(kvm.mmu_lock)
+        head = kvm.arch.tdp_mmu_roots
+        if prev_root is not None:
+            pos = yield from after(head, prev_root.link)
+        else:
+            pos = yield from first(head)
+        next_root = _root(pos) if pos is not None else None
+        while next_root is not None:
+            if (not only_valid or not next_root.role.invalid) and (
+                yield from self.kvm_tdp_mmu_get_root(next_root)
+            ):
+                break
+            pos = yield from after(head, next_root.link)
+            next_root = _root(pos) if pos is not None else None
+        if prev_root is not None:
+            yield from self.kvm_tdp_mmu_put_root(kvm, prev_root)
+        return next_root  # type: ignore[return-value]
+
+
+class NextRootNoRcuUnchecked(NextRootNoRcu):
+    """B02: as ``next-root-no-rcu``, on a kernel built without CONFIG_PROVE_RCU: nothing
+    splats, so what the checker must find is the use-after-free itself (a final put's
+    grace period does not wait for a walker outside any RCU read-side section)."""
+
+    def tdp_mmu_next_root(
+        self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        return (yield from self._next_root_without_rcu(kvm, prev_root, only_valid, checked=False))
+
+
+class PutRootNoPagesLock(Base):
+    """B02: ``kvm_tdp_mmu_put_root()`` unlinks the root without taking
+    ``tdp_mmu_pages_lock`` (2bdb3d84cebc era; the lock serializes list mutators that
+    run under mmu_lock held for read). Its ``list_del_rcu`` then races with a vCPU's
+    ``list_add_rcu`` in kvm_tdp_mmu_alloc_root(): the new root can be unlinked."""
+
+    def kvm_tdp_mmu_put_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        if not (yield from refcount_dec_and_test(root.tdp_mmu_root_count)):
+            return
+        KVM_BUG_ON(not root.tdp_mmu_page or not root.role.invalid, kvm,
+                   "!is_tdp_mmu_page(root) || !root->role.invalid")
+        # The mutation: no spin_lock(&kvm->arch.tdp_mmu_pages_lock) around the unlink.
+        yield from list_del_rcu_unserialized(root.link)
+        yield from call_rcu(root, self.tdp_mmu_free_sp_rcu_callback)
+
+
+class NoStaleRootCheck(Base):
+    """B05: the TDP page fault does not retry when the vCPU's root was invalidated
+    (``is_page_fault_stale()`` without the ``is_obsolete_sp()`` check added by
+    a955cad84cda): a fault installs an SPTE in an invalid root, possibly after the fast
+    zap has passed it."""
+
+    def is_page_fault_stale(self, vcpu: kvm_vcpu, gfn: int) -> bool:
+        return False  # only mmu_invalidate_retry_gfn() is left: no notifier here
+
+
+class ReflagInvalidRoots(Base):
+    """B06: ``kvm_tdp_mmu_invalidate_all_roots()`` schedules every root, including roots
+    an earlier fast zap already invalidated (and whose list reference it already put):
+    the list reference is put twice."""
+
+    def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
+        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
+            lockdep_assert_held_write(kvm.mmu_lock)
+        yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
+        for pos in list_for_each(kvm.arch.tdp_mmu_roots):
+            root = _root(pos)
+            # The mutation: no `if (!root->role.invalid)`.
+            root.tdp_mmu_scheduled_root_to_zap = True
+            root.role.invalid = True
+            kvm.obsolete_roots_unannounced = True
+            world().note(f"{root!r} invalid, scheduled to zap")
+
+
+class FreeObsoleteCurrentOnly(Base):
+    """B08: ``__kvm_mmu_free_obsolete_roots()`` tests the *current* root where it means
+    ``prev_roots[i]`` (the typo cf4a8693d97a fixed): an obsolete cached root keeps the
+    vCPU's reference after KVM_REQ_MMU_FREE_OBSOLETE_ROOTS is serviced."""
+
+    def _kvm_mmu_free_obsolete_roots(self, kvm: Kvm, mmu: kvm_mmu) -> Steps:
+        roots_to_free = 0
+        if self.is_obsolete_root(kvm, mmu.root.hpa):
+            roots_to_free |= KVM_MMU_ROOT_CURRENT
+        for i in range(KVM_MMU_NUM_PREV_ROOTS):
+            if self.is_obsolete_root(kvm, mmu.root.hpa):  # the bug: mmu->prev_roots[i].hpa
+                roots_to_free |= KVM_MMU_ROOT_PREVIOUS(i)
+        if roots_to_free:
+            yield from self.kvm_mmu_free_roots(kvm, mmu, roots_to_free)
+
+
+class InvalidateUnlockedWalk(Base):
+    """B10 (b): ``kvm_tdp_mmu_invalidate_all_roots()`` walks the roots with a plain list
+    walk while no lock keeps a final ``kvm_tdp_mmu_put_root()`` from unlinking and
+    freeing them (the v2 of edbdb43fc96b did so at VM destruction, where the lockdep
+    assertion is waived, while the async zap worker put roots: syzbot's KASAN report).
+    v6.9 has no such worker, so the walk is moved where a final put can run: before
+    kvm_mmu_zap_all_fast() takes mmu_lock, on a kernel without CONFIG_PROVE_LOCKING
+    (whose assertion would flag the move at once; at destruction it is waived anyway).
+    A vCPU freeing its roots under the read lock (576a15de8d29) is the final put."""
+
+    CONFIG_PROVE_LOCKING = False
+
+    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
+        lockdep_assert_held(kvm.slots_lock)
+        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)  # the mutation: before write_lock
+        yield from write_lock(kvm.mmu_lock)
+        kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
+        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        kvm.obsolete_roots_unannounced = False
+        yield from write_unlock(kvm.mmu_lock)
+        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+
+    def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
+        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
+            lockdep_assert_held_write(kvm.mmu_lock)
+        # The mutation: with no lock excluding the list mutators, each dereference of
+        # the plain walk is a step of its own.
+        head = kvm.arch.tdp_mmu_roots
+        pos = yield from list_next_plain(head, head)
+        while pos != head:
+            root = _root(pos)
+            if not root.role.invalid:
+                root.tdp_mmu_scheduled_root_to_zap = True
+                root.role.invalid = True
+                kvm.obsolete_roots_unannounced = True
+                world().note(f"{root!r} invalid, scheduled to zap")
+            pos = yield from list_next_plain(head, pos)
+
+
+class ZapInvalidatedAsIdFilter(Base):
+    """B11: ``kvm_tdp_mmu_zap_invalidated_roots()`` walks with an address-space filter
+    (the as_id argument ``for_each_tdp_mmu_root_yield_safe()`` took before 441a5dfcd968):
+    SMM roots (as_id 1) are scheduled but never zapped, their list reference never put."""
+
+    @inline
+    def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        if kvm_mmu_page_as_id(root) != 0:  # the macro's `kvm_mmu_page_as_id(root) != as_id`
+            return
+        yield from super().zap_invalidated_root(kvm, root)
+
+
+class KeepScheduledFlag(Base):
+    """B11: ``kvm_tdp_mmu_zap_invalidated_roots()`` does not clear
+    ``tdp_mmu_scheduled_root_to_zap``: a root that outlives the fast zap (a vCPU still
+    holds it) is zapped and put again by the next one, a second put of the list
+    reference."""
+
+    @inline
+    def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        if not root.tdp_mmu_scheduled_root_to_zap:
+            return
+        # The mutation: no `root->tdp_mmu_scheduled_root_to_zap = false`.
+        KVM_BUG_ON(not root.role.invalid, kvm, "!root->role.invalid")
+        yield from self.tdp_mmu_zap_root(kvm, root, True)
+        yield from self.kvm_tdp_mmu_put_root(kvm, root)
+
+
+class ScheduleOutsideWriteLock(Base):
+    """B11: the fast zap sets ``tdp_mmu_scheduled_root_to_zap`` outside the write-side
+    critical section that sets ``role.invalid``: it schedules the valid roots while
+    holding mmu_lock for read, before kvm_tdp_mmu_invalidate_all_roots() runs under the
+    write lock. "Scheduled implies invalid", on which Sean's answer to Yilun rests, no
+    longer holds for readers (vCPUs allocating roots under the read lock)."""
+
+    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
+        # The mutation: the flag store, under the read lock, before the write-side
+        # section. (A patch moving it would also drop it from invalidate_all_roots();
+        # keeping it there changes nothing here: the first state with a scheduled
+        # valid root is already a violation.)
+        yield from read_lock(kvm.mmu_lock)
+        root = yield from self.tdp_mmu_next_root(kvm, None, True)
+        while root is not None:
+            root.tdp_mmu_scheduled_root_to_zap = True
+            world().note(f"{root!r} scheduled to zap")
+            root = yield from self.tdp_mmu_next_root(kvm, root, True)
+        yield from read_unlock(kvm.mmu_lock)
+        yield from super().kvm_mmu_zap_all_fast(kvm)
+
+
+class RequestAfterUnlock(Base):
+    """M4 as stated: ``kvm_mmu_zap_all_fast()`` posts KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+    after ``write_unlock()``. Not a bug without shadow pages, so not in CORPUS_MUTANTS:
+    kept to show that the checker passes it (see the second M4 row)."""
+
+    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
+        lockdep_assert_held(kvm.slots_lock)
+        yield from write_lock(kvm.mmu_lock)
+        kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
+        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
+        yield from write_unlock(kvm.mmu_lock)
+        # The mutation: outside the critical section that invalidated the roots.
+        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        kvm.obsolete_roots_unannounced = False
+        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+
+
+class RequestBeforeInvalidate(Base):
+    """M4: ``kvm_mmu_zap_all_fast()`` posts KVM_REQ_MMU_FREE_OBSOLETE_ROOTS outside the
+    write-side critical section that invalidates the roots, *before* it: a vCPU can
+    service the request while its root is still valid, and nothing tells it to drop
+    the root once it is invalidated; it runs the guest on it while its SPTEs are zapped
+    without a TLB flush."""
+
+    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
+        lockdep_assert_held(kvm.slots_lock)
+        # The mutation: the request, before mmu_lock is taken for the invalidation.
+        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        yield from write_lock(kvm.mmu_lock)
+        kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
+        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
+        # No request follows the invalidation: kvm.obsolete_roots_unannounced stays set.
+        yield from write_unlock(kvm.mmu_lock)
+        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+
+
+class BugOnBeforeScheduledCheck(Base):
+    """M8: ``KVM_BUG_ON(!root->role.invalid)`` in kvm_tdp_mmu_zap_invalidated_roots()
+    moved before the ``tdp_mmu_scheduled_root_to_zap`` check: it fires on a valid root
+    a vCPU allocated under the read lock while the zap runs (Yilun's question)."""
+
+    @inline
+    def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        KVM_BUG_ON(not root.role.invalid, kvm, "!root->role.invalid")
+        yield from super().zap_invalidated_root(kvm, root)
+
+
+# =====================================================================================
+# The nested-pgd-switch scenario (B08): a TDP root cached in prev_roots.
+#
+# With TDP enabled and L1 not using EPT/NPT for L2, L2 runs on root_mmu with
+# role.guest_mode = 1, a different role.word from L1's root. On a nested transition
+# kvm_mmu_new_pgd() -> fast_pgd_switch() -> cached_root_find_and_keep_current() rotates
+# the current root into prev_roots[0] (keeping its reference) and frees the oldest
+# cached one; kvm_mmu_reload() then loads a root for the new role. Modeled minimally:
+# kvm_init_mmu() only recomputes root_role.guest_mode, then kvm_mmu_new_pgd() runs with
+# the new role (in nested_vmx_load_cr3() the order of the two differs, and KVM also
+# requests KVM_REQ_LOAD_MMU_PGD and flushes; none of that touches root references).
+# The functions are module-level (they take the kernel) because the base model does not
+# have them; they would be Mmu methods in mmu.py.
+# =====================================================================================
+
+def is_root_usable(root: kvm_mmu_root_info, pgd: int, role: kvm_mmu_page_role) -> bool:
+    """mmu.c is_root_usable(): direct (TDP) roots ignore the pgd; the role word holds
+    ``invalid``, so an invalidated cached root is never reused."""
+    hpa = root.hpa
+    if not VALID_PAGE(hpa):
+        return False
+    if not role.direct and pgd != root.pgd:
+        return False
+    return bool(hpa.role.word == role.word)
+
+
+def _swap_current_with_prev(mmu: kvm_mmu, i: int) -> None:
+    """``swap(mmu->root, mmu->prev_roots[i])`` (only hpa is modeled in prev_roots)."""
+    prev = list(mmu.prev_roots)
+    prev[i], mmu.root.hpa = mmu.root.hpa, prev[i]
+    mmu.prev_roots = tuple(prev)
+    mmu.root.pgd = 0
+
+
+def cached_root_find_and_keep_current(
+    k: Kernel, kvm: Kvm, mmu: kvm_mmu, new_pgd: int, new_role: kvm_mmu_page_role
+) -> Generator[Op, int, bool]:
+    if is_root_usable(mmu.root, new_pgd, new_role):
+        return True
+    for i in range(KVM_MMU_NUM_PREV_ROOTS):
+        # Rotates the cache: C 0 1 2 -> (on a miss) 2 | C 0 1, then frees "2".
+        _swap_current_with_prev(mmu, i)
+        if is_root_usable(mmu.root, new_pgd, new_role):
+            return True
+    yield from k.kvm_mmu_free_roots(kvm, mmu, KVM_MMU_ROOT_CURRENT)
+    return False
+
+
+def fast_pgd_switch(
+    k: Kernel, kvm: Kvm, mmu: kvm_mmu, new_pgd: int, new_role: kvm_mmu_page_role
+) -> Generator[Op, int, bool]:
+    if VALID_PAGE(mmu.root.hpa):
+        return (yield from cached_root_find_and_keep_current(k, kvm, mmu, new_pgd, new_role))
+    # cached_root_find_without_current(): look in prev_roots only.
+    for i in range(KVM_MMU_NUM_PREV_ROOTS):
+        if is_root_usable(kvm_mmu_root_info_of(mmu, i), new_pgd, new_role):
+            _swap_current_with_prev(mmu, i)
+            return True
+    return False
+
+
+def kvm_mmu_root_info_of(mmu: kvm_mmu, i: int) -> kvm_mmu_root_info:
+    """A read-only view of prev_roots[i] as a kvm_mmu_root_info (pgd 0: direct roots)."""
+    return _PrevRoot(mmu.prev_roots[i])  # type: ignore[return-value]
+
+
+class _PrevRoot:
+    __slots__ = ("hpa", "pgd")
+
+    def __init__(self, hpa: kvm_mmu_page | None) -> None:
+        self.hpa = hpa
+        self.pgd = 0
+
+
+def kvm_mmu_new_pgd(k: Kernel, vcpu: kvm_vcpu, new_pgd: int) -> Steps:
+    mmu = vcpu.arch.mmu
+    switched = yield from fast_pgd_switch(k, vcpu.kvm, mmu, new_pgd, mmu.root_role)
+    world().note(f"root.hpa = {_hpa(mmu.root.hpa)}, prev_roots = ({', '.join(map(_hpa, mmu.prev_roots))})")
+    if not switched:
+        return  # kvm_mmu_reload() establishes a valid root before the next VM-Enter
+    # KVM_REQ_LOAD_MMU_PGD, MMIO info, write-flooding counts: no root references.
+
+
+def _hpa(hpa: kvm_mmu_page | None) -> str:
+    return "INVALID_PAGE" if hpa is INVALID_PAGE else repr(hpa)
+
+
+def nested_transition(k: Kernel, vcpu: kvm_vcpu, guest_mode: bool) -> Steps:
+    """VM-Enter to L2 (guest_mode=True) or VM-Exit to L1, L1 not using EPT/NPT for L2."""
+    yield Op("kvm_init_mmu", vcpu, f"root_role.guest_mode = {int(guest_mode)}")
+    vcpu.arch.mmu.root_role.guest_mode = guest_mode
+    yield from kvm_mmu_new_pgd(k, vcpu, 0)
+
+
+def check_no_obsolete_root_kept(vcpu: kvm_vcpu) -> None:
+    """Property (B08): once KVM_REQ_MMU_FREE_OBSOLETE_ROOTS has been serviced, the vCPU
+    holds no reference to an obsolete root, in ``root`` or in ``prev_roots``, unless the
+    request is pending again or an invalidation has yet to post it (the ghost window
+    x86.py's check_guest_entry() allows too)."""
+    mmu = vcpu.arch.mmu
+    if KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests or vcpu.kvm.obsolete_roots_unannounced:
+        return
+    slots = [("root", mmu.root.hpa)] + [(f"prev_roots[{i}]", h) for i, h in enumerate(mmu.prev_roots)]
+    for slot, hpa in slots:
+        if hpa is not INVALID_PAGE and hpa.role.invalid:
+            world().report(
+                "obsolete-root-kept",
+                f"{vcpu!r} still holds obsolete {hpa!r} in {slot} with no "
+                "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS pending",
+            )
+            return
+
+
+def nested_vcpu_run(k: Kernel, vcpu: kvm_vcpu) -> Steps:
+    """L1 runs and faults, enters L2 (its root is cached in prev_roots[0]), L2 runs."""
+    yield from k.vcpu_enter_guest(vcpu, 0)
+    check_no_obsolete_root_kept(vcpu)
+    yield from nested_transition(k, vcpu, True)
+    yield from k.vcpu_enter_guest(vcpu, 0)
+    check_no_obsolete_root_kept(vcpu)
+    yield from k.kvm_put_kvm(vcpu.kvm)
+
+
+def nested_pgd_switch(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [
+        *(ThreadSpec(f"vcpu{i}", partial(nested_vcpu_run, k, v), group="vcpu", owner=v)
+          for i, v in enumerate(vcpus)),
+        ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm)),
+    ]
+
+
+def unload_vcpu_run(k: Kernel, vcpu: kvm_vcpu) -> Steps:
+    """A vCPU that loads a root and unloads it (kvm_mmu_reset_context()'s unload), and
+    never enters the guest nor faults."""
+    yield from k.kvm_mmu_reload(vcpu)
+    yield from k.kvm_mmu_unload(vcpu)
+    yield from k.kvm_put_kvm(vcpu.kvm)
+
+
+def unload_double_memslot_delete(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [
+        *(ThreadSpec(f"vcpu{i}", partial(unload_vcpu_run, k, v), group="vcpu", owner=v)
+          for i, v in enumerate(vcpus)),
+        ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm, times=2)),
+    ]
+
+
+CORPUS_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("nested-pgd-switch",
+                 "vCPUs run L1, then enter L2 (L1's root cached in prev_roots[0]) while a "
+                 "memslot is deleted", nested_pgd_switch),
+        Scenario("unload-double-memslot-delete",
+                 "vCPUs load and unload a root (no guest entry, no fault) while a memslot "
+                 "is deleted twice", unload_double_memslot_delete),
+    )
+}
+
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **CORPUS_SCENARIOS}
+
+
+# =====================================================================================
+# The corpus
+# =====================================================================================
+
+def _m(name: str, cls: type, expect: set[str], scenario: str, origin: str) -> Mutant:
+    """A Mutant (``tdpmmu.kvm.mutants``): name, class, expected kinds, scenario, origin."""
+    return Mutant(name, cls, frozenset(expect), scenario, origin)
+
+
+UAF = {"use-after-free", "refcount"}  # refcount: "underflow/addition on 0; use-after-free"
+
+CORPUS_MUTANTS: dict[str, Mutant] = {
+    m.name: m
+    for m in (
+        _m("next-root-plain-decrement", NextRootPlainDecrement, {"WARNING", "leak"},
+           "vcpu-load", "B01 a889ea54b3da"),
+        _m("get-root-refcount-inc", GetRootRefcountInc, UAF,
+           "double-memslot-delete", "B02 fb10129335ca/11cccf5c0472"),
+        _m("next-root-no-rcu", NextRootNoRcu, {"suspicious RCU usage"},
+           "vcpu-load", "B02 c0e64238ac53"),
+        _m("next-root-no-rcu-unchecked", NextRootNoRcuUnchecked, {"use-after-free"},
+           "double-memslot-delete", "B02 c0e64238ac53 (without CONFIG_PROVE_RCU)"),
+        _m("put-root-no-pages-lock", PutRootNoPagesLock, {"leak", "WARNING", "use-after-free"},
+           "memslot-delete", "B02 2bdb3d84cebc"),
+        _m("no-stale-root-check", NoStaleRootCheck, {"spte-in-invalid-root", "fast-zap-incomplete"},
+           "memslot-delete", "B05 a955cad84cda"),
+        _m("reflag-invalid-roots", ReflagInvalidRoots, UAF,
+           "double-memslot-delete", "B06 614f6970aa70 (today's form of it)"),
+        _m("free-obsolete-current-only", FreeObsoleteCurrentOnly, {"obsolete-root-kept"},
+           "nested-pgd-switch", "B08 cf4a8693d97a"),
+        _m("invalidate-unlocked-walk", InvalidateUnlockedWalk, {"use-after-free"},
+           "unload-double-memslot-delete", "B10 edbdb43fc96b (v2, syzbot KASAN report)"),
+        _m("zap-invalidated-as-id-filter", ZapInvalidatedAsIdFilter,
+           {"fast-zap-incomplete", "WARNING", "leak"},
+           "smm", "B11 441a5dfcd968"),
+        _m("keep-scheduled-flag", KeepScheduledFlag, UAF | {"KVM_BUG_ON"},
+           "double-memslot-delete", "B11 0df9dab891ff"),
+        _m("schedule-outside-write-lock", ScheduleOutsideWriteLock, {"invariant"},
+           "memslot-delete", "B11 0df9dab891ff"),
+        _m("request-before-invalidate", RequestBeforeInvalidate, {"guest-on-invalid-root", "stale-tlb"},
+           "memslot-delete", "M4"),
+        _m("bug-on-before-scheduled-check", BugOnBeforeScheduledCheck, {"KVM_BUG_ON"},
+           "memslot-delete", "M8"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CorpusRow:
+    id: str  # "B06", "M4"
+    name: str  # the mutant's name, or a label for an inexpressible bug
+    mutant: Mutant | None  # None: not expressible yet, see why_not
+    kernel: str  # the kernel (KERNELS name) the mutant is applied to
+    commit: str  # the fixing commit ("" for M*: no historical commit)
+    title: str  # its title, or what the mutation stands for
+    breaks: str  # the property the bug breaks
+    why_not: str = ""
+    min_vcpus: int = 1  # run_corpus uses max(vcpus, min_vcpus)
+
+    @property
+    def scenario(self) -> str:
+        return self.mutant.scenario if self.mutant else ""
+
+    @property
+    def expect(self) -> frozenset[str]:
+        return self.mutant.expect if self.mutant else frozenset()
+
+
+_C = CORPUS_MUTANTS
+_NOTIFIER = ("the model has no mmu_notifier (kvm_tdp_mmu_unmap_gfn_range, may_block yields) "
+             "and no page-table pages below the root (SPTEs are an abstract gfn set: no child "
+             "SPs, no handle_removed_pt, no A/D writeback to a struct page)")
+
+CORPUS: list[CorpusRow] = [
+    CorpusRow("B01", "next-root-plain-decrement", _C["next-root-plain-decrement"], "v6.9",
+              "a889ea54b3da", "KVM: x86/mmu: Ensure TDP MMU roots are freed after yield",
+              "count reaches 0 => the root is unlinked and freed (no zero-count root on the list); "
+              "teardown leaves nothing"),
+    CorpusRow("B02", "get-root-refcount-inc", _C["get-root-refcount-inc"], "v6.9",
+              "fb10129335ca", "KVM: x86/mmu: handle cmpxchg failure in kvm_tdp_mmu_get_root "
+              "(with 11cccf5c0472 Make TDP MMU root refcount atomic)",
+              "a count is never raised from 0 (no refcount_inc on 0: resurrecting a root being freed)"),
+    CorpusRow("B02", "next-root-no-rcu", _C["next-root-no-rcu"], "v6.9",
+              "c0e64238ac53", "KVM: x86/mmu: Protect the tdp_mmu_roots list with RCU",
+              "RCU list readers run inside rcu_read_lock() (CONFIG_PROVE_RCU)"),
+    CorpusRow("B02", "next-root-no-rcu-unchecked", _C["next-root-no-rcu-unchecked"], "v6.9",
+              "c0e64238ac53", "KVM: x86/mmu: Protect the tdp_mmu_roots list with RCU",
+              "no use-after-free: a root is reclaimed only after a grace period with no "
+              "pre-existing reader"),
+    CorpusRow("B02", "put-root-no-pages-lock", _C["put-root-no-pages-lock"], "v6.9",
+              "2bdb3d84cebc", "KVM: x86/mmu: Merge TDP MMU put and free root "
+              "(root list mutations under tdp_mmu_pages_lock)",
+              "the list is mutated only under tdp_mmu_pages_lock; a live root stays on the list; "
+              "teardown leaves nothing"),
+    CorpusRow("B03", "notifier-unmap-no-refs", None, "v6.9",
+              "7533377215b6", "KVM: x86/mmu: Use yield-safe TDP MMU root iter in MMU notifier unmapping",
+              "whoever drops mmu_lock while positioned on a root holds a reference to it",
+              why_not=_NOTIFIER + "; the mutation is in unmap_gfn_range, which the model lacks"),
+    CorpusRow("B04", "notifier-unmap-valid-only", None, "v6.9",
+              "d62007edf01f", "KVM: x86/mmu: Zap _all_ roots when unmapping gfn range in TDP MMU",
+              "when an mmu_notifier invalidation returns, no root (valid or invalid) maps the range",
+              why_not=_NOTIFIER + "; the property needs a notifier thread and a struct page that "
+              "mm frees after the invalidation returns"),
+    CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"], "v6.9",
+              "a955cad84cda", "KVM: x86/mmu: Retry page fault if root is invalidated by memslot update",
+              "no SPTE is created in an invalid root (fast-zap completeness)"),
+    CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"], "v6.9",
+              "614f6970aa70", "KVM: x86/mmu: do not allow readers to acquire references to invalid roots",
+              "the list reference of a root is put exactly once (no refcount underflow / UAF)"),
+    CorpusRow("B07", "async-zap-worker", None, "v6.1",
+              "efd995dae5eb", "KVM: x86/mmu: Zap defunct roots via asynchronous worker "
+              "(and 22b94c4b63eb, 8351779ce65f, bb95dfb9e2df)",
+              "a worker's extra reference is put once; a zap without a TLB flush only on roots "
+              "no vCPU can run on",
+              why_not="needs the 5.18..6.5 async-worker era as a kernel class: put_root that "
+              "re-marks a valid root invalid and re-sets the count to 1, a per-root work item "
+              "and a workqueue thread (flush_workqueue as zap_invalidated_roots), and a "
+              "remote-TLB-flush model (kvm_flush_remote_tlbs, Hyper-V enlightened flush) for "
+              "B07(b). None exists in the model"),
+    CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"], "v6.9",
+              "cf4a8693d97a", "KVM: x86/mmu: Check every prev_roots in __kvm_mmu_free_obsolete_roots()",
+              "after FREE_OBSOLETE_ROOTS is serviced the vCPU holds no reference to an obsolete root"),
+    CorpusRow("B10", "refcount-one", MUTANTS["refcount-one"], "v6.9",
+              "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly invalidated",
+              "count == 0 => invalid: the TDP MMU's own reference keeps every valid root alive"),
+    CorpusRow("B10", "invalidate-unlocked-walk", _C["invalidate-unlocked-walk"], "v6.9",
+              "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly "
+              "invalidated (v2 -> v3: walk the roots safely at destruction)",
+              "plain list walks run only where no list mutator can (no use-after-free)"),
+    CorpusRow("B11", "zap-invalidated-as-id-filter", _C["zap-invalidated-as-id-filter"], "v6.9",
+              "441a5dfcd968", "KVM: x86/mmu: Do not filter address spaces in "
+              "for_each_tdp_mmu_root_yield_safe()",
+              "every scheduled root's list reference is put (SMM roots too); teardown leaves nothing"),
+    CorpusRow("B11", "keep-scheduled-flag", _C["keep-scheduled-flag"], "v6.9",
+              "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
+              "scheduled is set and cleared at most once per root: the list reference is put once"),
+    CorpusRow("B11", "schedule-outside-write-lock", _C["schedule-outside-write-lock"], "v6.9",
+              "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
+              "scheduled => invalid wherever nobody holds mmu_lock for write"),
+    CorpusRow("B13", "uninit-shared-mirror", None, "v6.14",
+              "", "KVM: x86/tdp_mmu: Zap invalid roots with mmu_lock holding for write at uninit "
+              "(Message-Id 20240718211230.1492011-2; mainline id not recorded)",
+              "external (S-EPT) SPTEs of mirror roots are removed only under the write lock",
+              why_not="needs TDX mirror roots (role.is_mirror, mirror_root_hpa, root-type masks), "
+              "external page tables and handle_removed_pt's KVM_BUG_ON(shared); the model "
+              "has none of them"),
+    CorpusRow("B15", "lockless-aging", None, "v6.13",
+              "526e609f0567", "KVM: x86/mmu: Process only valid TDP MMU roots when aging a gfn range",
+              "a lockless walk stays inside rcu_read_lock() and writes SPTEs atomically",
+              why_not="needs the mmu_notifier aging hooks (clear_young/test_young) and "
+              "for_each_tdp_mmu_root_rcu, plus SPTE accessed bits; " + _NOTIFIER),
+    CorpusRow("M1", "no-recheck", MUTANTS["no-recheck"], "v6.9",
+              "", "kvm_tdp_mmu_alloc_root() without the recheck under tdp_mmu_pages_lock",
+              "at most one valid root per role.word", min_vcpus=2),
+    CorpusRow("M3", "invalidate-under-read-lock", MUTANTS["invalidate-under-read-lock"], "v6.9",
+              "", "roots invalidated with mmu_lock held for read",
+              "role.invalid and scheduled are written only under the write lock"),
+    CorpusRow("M4", "request-before-invalidate", _C["request-before-invalidate"], "v6.9",
+              "", "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS posted outside the invalidation's write-side "
+              "section, before it",
+              "no guest execution on an invalid root without a pending FREE_OBSOLETE_ROOTS; no "
+              "SPTE of a root a vCPU runs on is zapped without a TLB flush"),
+    CorpusRow("M4", "request-after-unlock", None, "v6.9",
+              "", "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS posted after write_unlock() in kvm_mmu_zap_all_fast()",
+              "(none broken without shadow pages)",
+              why_not="not a bug in a TDP-only model, so nothing to catch: the request still "
+              "precedes kvm_tdp_mmu_zap_invalidated_roots(), and with KVM_REQUEST_WAIT every vCPU "
+              "that entered the guest on a just-invalidated root is kicked out before its SPTEs "
+              "are zapped (exhaustive pass, mutant class RequestAfterUnlock). The harm needs "
+              "shadow pages zapped by kvm_zap_obsolete_pages() inside the write-side section "
+              "(\"vcpu would purge shadow page but miss tlb flush\"): the model has no shadow MMU"),
+    CorpusRow("M8", "bug-on-before-scheduled-check", _C["bug-on-before-scheduled-check"], "v6.9",
+              "", "KVM_BUG_ON(!root->role.invalid) before the scheduled check (Yilun's question)",
+              "KVM_BUG_ON(!invalid) in zap_invalidated_roots never fires"),
+]
+
+
+# =====================================================================================
+# Running it
+# =====================================================================================
+
+DEFAULT_LIMITS = Limits(time_limit=60.0)
+
+
+@dataclass
+class Check:
+    """One search: verdict, the violation kind found (if any) and its counts."""
+
+    verdict: str
+    kind: str
+    executions: int
+    states: int
+    seconds: float
+    trace_len: int
+    minimal: bool = False  # the counterexample is proved shortest
+    reason: str = ""
+    result: Result | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, r: Result) -> Check:
+        return cls(r.verdict, r.violation.kind if r.violation else "", r.stats.executions,
+                   r.stats.states, r.stats.seconds, len(r.schedule), r.minimal, r.reason, r)
+
+
+@dataclass
+class CorpusResult:
+    row: CorpusRow
+    vcpus: int = 0
+    mutant: Check | None = None  # None: the row is not expressible
+    unmutated: Check | None = None
+
+    @property
+    def expressible(self) -> bool:
+        return self.row.mutant is not None
+
+    @property
+    def caught(self) -> bool:
+        """The mutant's search found a violation of an expected kind (any, if none)."""
+        m = self.mutant
+        if m is None or m.verdict != "violation":
+            return False
+        return not self.row.expect or m.kind in self.row.expect
+
+    @property
+    def false_positive(self) -> bool:
+        """The unmutated kernel reported a violation on the row's scenario."""
+        return self.unmutated is not None and self.unmutated.verdict == "violation"
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.mutant.result.schedule if self.mutant and self.mutant.result else []
+
+    @property
+    def trace(self) -> list[TraceStep]:
+        return self.mutant.result.trace if self.mutant and self.mutant.result else []
+
+
+def kernel_class(row: CorpusRow, mutated: bool = True) -> type[Kernel]:
+    """The class a row runs: its kernel, with its mutant on top unless ``mutated=False``."""
+    return build_kernel(KERNELS[row.kernel], row.mutant if mutated else None)
+
+
+def row_program(row: CorpusRow, vcpus: int, mutated: bool = True) -> KvmProgram:
+    """The program a row checks (``Execution.replay`` needs a fresh one)."""
+    if row.mutant is None:
+        raise ValueError(f"{row.id} {row.name} is not expressible: {row.why_not}")
+    return KvmProgram(kernel_class(row, mutated), ALL_SCENARIOS[row.scenario],
+                      max(vcpus, row.min_vcpus))
+
+
+def _search(program: KvmProgram, limits: Limits) -> Result:
+    """What ``tdpmmu.api.check`` does with its defaults (cache, symmetry, then a search
+    for a shortest counterexample for up to ``limits.shrink_time``), without its name
+    tables: the corpus' mutants and scenarios are not in them."""
+    result = DepthFirst(program, limits, None, cache=True, symmetry=True).run()
+    if result.verdict == "violation" and limits.shrink_time > 0:
+        result = shortest(program, result, limits, symmetry=True)
+    return result
+
+
+def run_corpus(
+    vcpus: int = 2,
+    limits: Limits | None = None,
+    rows: Sequence[CorpusRow] | None = None,
+    progress: Callable[[CorpusResult], None] | None = None,
+    baseline_limits: Limits | None = None,
+) -> list[CorpusResult]:
+    """Check every expressible row's mutant (first counterexample) and the row's
+    unmutated kernel on the same scenario (must not report a violation). Rows run with
+    ``max(vcpus, row.min_vcpus)`` vCPUs; ``limits`` apply to each search separately,
+    ``baseline_limits`` (default: ``limits``) to the unmutated ones, which are searched
+    once per (kernel, scenario, vcpus). ``rows`` defaults to ``CORPUS``; ``progress`` is
+    called with each row's result as soon as it is done."""
+    limits = limits or DEFAULT_LIMITS
+    baseline_limits = baseline_limits or limits
+    baseline: dict[tuple[str, str, int], Check] = {}
+    out: list[CorpusResult] = []
+    for row in CORPUS if rows is None else rows:
+        res = CorpusResult(row)
+        if row.mutant is not None:
+            n = max(vcpus, row.min_vcpus)
+            res.vcpus = n
+            res.mutant = Check.of(_search(row_program(row, n), limits))
+            key = (row.kernel, row.scenario, n)
+            if key not in baseline:
+                baseline[key] = Check.of(_search(row_program(row, n, mutated=False), baseline_limits))
+            res.unmutated = baseline[key]
+        out.append(res)
+        if progress is not None:
+            progress(res)
+    return out
+
+
+def corpus_ok(results: Sequence[CorpusResult]) -> bool:
+    """Every expressible row caught, and no unmutated kernel reported a violation."""
+    return all(r.caught and not r.false_positive for r in results if r.expressible)
+
+
+def format_table(results: Sequence[CorpusResult]) -> str:
+    """A plain-text table, one line per row, then the catch rate."""
+    head = ("id", "mutant", "kernel", "scenario", "vcpus", "expected", "found", "result",
+            "executions", "states", "seconds", "trace", "unmutated")
+    lines: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for r in results:
+        row = r.row
+        if r.mutant is None:
+            notes.append(f"{row.id:<4} {row.name}: not expressible: {row.why_not}")
+            continue
+        m = r.mutant
+        found = m.kind if m.verdict == "violation" else m.verdict
+        u = r.unmutated
+        if u is None:
+            unmut = "-"
+        elif u.verdict == "violation":
+            unmut = f"FALSE POSITIVE: {u.kind}"
+        else:
+            unmut = f"{u.verdict} ({u.states} states, {u.seconds:.1f}s)"
+        lines.append((
+            row.id, row.name, row.kernel, row.scenario, str(r.vcpus),
+            ",".join(sorted(row.expect)) or "any", found, "caught" if r.caught else "MISSED",
+            str(m.executions), str(m.states), f"{m.seconds:.2f}",
+            f"{m.trace_len}{'*' if m.minimal else ''}" if m.trace_len else "-", unmut,
+        ))
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    numeric = {"vcpus", "executions", "states", "seconds", "trace"}
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, head, strict=True)
+        ).rstrip()
+
+    out = [fmt(head), fmt(["-" * w for w in widths])]
+    out += [fmt(ln) for ln in lines]
+    out += notes
+    expressible = [r for r in results if r.expressible]
+    caught = sum(r.caught for r in expressible)
+    fps = sum(r.false_positive for r in expressible)
+    rate = f"{caught}/{len(expressible)} expressible mutants caught"
+    out.append("")
+    out.append("trace: steps in the counterexample (* proved shortest); executions, states, "
+               "seconds: the search that found it")
+    out.append(f"{rate}; {len(results) - len(expressible)} rows not expressible; "
+               f"{fps} false positives on unmutated kernels")
+    return "\n".join(out)

@@ -106,17 +106,10 @@ def box_setup() -> Shared:
     return Shared(b=kzalloc(Box, "b"))
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: thread_frames() fingerprints a frame by its "
-                   "instruction offset and f_locals only, not its value stack; a for-loop's "
-                   "iterator lives there, so the 2nd iteration of `for _ in (0, 0)` fingerprints "
-                   "like the 1st and the cache prunes it: the end is never reached")
 def test_fingerprint_covers_for_loop_iterators() -> None:
     crosscheck(Prog(box_setup, [twice_through_a_section], final=lambda s: f"reached the end: {s.b.log}"))
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: a value computed before a yield inside one "
-                   "expression sits on the frame's value stack, which the fingerprint ignores: "
-                   "states differing only there are merged and the outcome total=1 is lost")
 def test_fingerprint_covers_values_on_the_stack() -> None:
     prog = Prog(box_setup, [sum_of_two_reads, flip_n], observe=lambda s: s.b.log)
     crosscheck(prog)
@@ -136,10 +129,6 @@ def short_reader(s: Shared):
     yield from rcu_read_unlock()
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: rcu_callback_thread keeps `result`, the callback's "
-                   "generator object, as a live local; the fingerprint hashes it by identity, so a "
-                   "state reached twice (or rebuilt) fingerprints differently: 3 final states with the "
-                   "cache, 7 without, for 3 distinct worlds")
 def test_fingerprint_stable_with_a_yielding_rcu_callback() -> None:
     crosscheck(Prog(box_setup, [queue_yielding_callback, short_reader], rcu=True))
 

@@ -271,3 +271,17 @@ def test_ctrl_c_is_incomplete() -> None:
     assert proc.returncode == 3, err
     result = json.loads(out)
     assert result["verdict"] == "incomplete" and result["reason"] == "interrupted" and result["states"] > 0
+
+
+def test_corpus_command_lists_every_row_and_passes(tmp_path: object) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tdpmmu", "corpus", "--json", "--time-limit", "60"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["ok"] is True
+    ids = {row["id"] for row in out["rows"]}
+    assert {"B01", "B02", "B06", "B08", "B10", "B11", "M1", "M3", "M8"} <= ids
+    assert all(row["caught"] for row in out["rows"] if row["expressible"])

@@ -213,17 +213,11 @@ def broken_final(s: Shared) -> str | None:
     return str({}["missing"])
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="src bug: an exception in Program.check_state escapes "
-                   "Execution.step (not caught like thread code) and crashes the search")
 def test_exception_in_check_state_is_a_model_error() -> None:
     result = explore(Prog(setup, [store_one], state=broken_invariant))
     assert result.verdict == "violation" and result.violation.kind == "model-error"
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="src bug: an exception in Program.check_final escapes "
-                   "Execution.finish and crashes the search")
 def test_exception_in_check_final_is_a_model_error() -> None:
     result = explore(Prog(setup, [store_one], final=broken_final))
     assert result.verdict == "violation" and result.violation.kind == "model-error"
@@ -252,9 +246,6 @@ def test_spin_forever_is_a_livelock_without_cache() -> None:
     expect_violation(Prog(setup, [spins_forever]), "livelock", cache=False, max_steps=20)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: with the cache, a loop that returns to the same "
-                   "state is pruned as 'visited', so a thread spinning forever passes (the cache-less "
-                   "search reports livelock): DepthFirst has no cycle/non-progress detection")
 def test_spin_forever_is_a_livelock_with_cache() -> None:
     result = explore(Prog(setup, [spins_forever]), cache=True, max_steps=20)
     assert result.verdict == "violation" and result.violation.kind == "livelock"

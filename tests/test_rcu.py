@@ -268,9 +268,6 @@ def test_callback_with_scheduling_points_runs() -> None:
     assert outcomes(prog) == {(1, (0,)), (1, (1,))}  # lock_user took the lock before or after it
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: rcu_callback_thread removes a callback from "
-                   "RCU.pending before running it, so rcu_barrier() (guard: not RCU.pending) returns "
-                   "while a callback with scheduling points is still in progress")
 def test_rcu_barrier_waits_for_a_callback_with_scheduling_points() -> None:
     expect_pass(Prog(setup_with_lock, [barrier_after_locking_callback], rcu=True, final=ran_before))
 

@@ -12,9 +12,9 @@ from tdpmmu.explore.search.base import Progress, Search
 from tdpmmu.explore.search.dfs import DepthFirst
 from tdpmmu.explore.search.random_walk import RandomPct
 from tdpmmu.explore.search.shrink import shortest
-from tdpmmu.kvm.mutants import MUTANTS, build_kernel
+from tdpmmu.kvm.mutants import build_kernel
 from tdpmmu.kvm.program import KvmProgram
-from tdpmmu.kvm.scenarios import SCENARIOS
+from tdpmmu.kvm.registry import MUTANTS, SCENARIOS
 from tdpmmu.kvm.versions import DEFAULT_KERNEL, KERNELS
 
 

@@ -205,5 +205,37 @@ def list_(as_json: AsJson = False) -> None:
     _emit(report.catalog_json() if as_json else report.render_catalog())
 
 
+@app.command()
+def corpus(
+    vcpus: Annotated[int, typer.Option(min=1, max=8, help="vCPUs per row (some rows need 2).")] = 1,
+    time_limit: Annotated[
+        float, typer.Option(min=0.0, help="Seconds per search (0: no limit).")
+    ] = 60.0,
+    as_json: AsJson = False,
+) -> None:
+    """Run the historical-bug corpus: every mutant must be caught, and every unmutated
+    kernel must pass its scenario; exit 1 otherwise."""
+    from tdpmmu.kvm.corpus import CorpusResult, corpus_ok, format_table, run_corpus
+
+    def done(r: CorpusResult) -> None:
+        if sys.stderr.isatty():
+            typer.echo(f"  {r.row.id} {r.row.name} done", err=True)
+
+    results = run_corpus(vcpus, Limits(time_limit=time_limit), progress=done)
+    ok = corpus_ok(results)
+    if as_json:
+        _emit({"ok": ok, "vcpus": vcpus, "rows": [
+            {"id": r.row.id, "mutant": r.row.name, "kernel": r.row.kernel, "scenario": r.row.scenario,
+             "expressible": r.expressible, "why_not": r.row.why_not, "caught": r.caught,
+             "found": r.mutant.kind if r.mutant else None,
+             "executions": r.mutant.executions if r.mutant else None,
+             "seconds": round(r.mutant.seconds, 3) if r.mutant else None,
+             "trace_length": r.mutant.trace_len if r.mutant else None,
+             "false_positive": r.false_positive} for r in results]})
+    else:
+        _emit(format_table(results))
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     app(prog_name=PROG)

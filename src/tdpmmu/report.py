@@ -15,8 +15,7 @@ from tdpmmu.explore.execution import Schedule, TraceStep
 from tdpmmu.explore.result import Result, Stats
 from tdpmmu.explore.runtime import Violation
 from tdpmmu.explore.schedule import encode
-from tdpmmu.kvm.mutants import MUTANTS
-from tdpmmu.kvm.scenarios import SCENARIOS
+from tdpmmu.kvm.registry import MUTANTS, SCENARIOS
 from tdpmmu.kvm.versions import DEFAULT_KERNEL, KERNELS
 
 WIDTH = 100  # the terminal the text output is laid out for

@@ -13,9 +13,10 @@ explorer's speed (numbers in docs/design.md):
 
 from __future__ import annotations
 
+import gc
 import traceback
 from dataclasses import dataclass, field
-from types import FrameType, FunctionType, GeneratorType
+from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
 
 from tdpmmu.explore.program import Program, ThreadSpec
@@ -106,25 +107,62 @@ def model_stack(gen: GeneratorType) -> list[str]:  # type: ignore[type-arg]
             if f.f_code not in PRIMITIVE_CODE and f.f_code not in INLINE_CODE]
 
 
+def _closure(v: Any) -> object:
+    return (v.__code__, *(_value(c.cell_contents) for c in v.__closure__ or ()))
+
+
+def _cell(v: Any) -> object:
+    try:
+        return (CellType, _value(v.cell_contents))
+    except ValueError:  # an empty cell
+        return CellType
+
+
+def _iterator(v: Any) -> object:
+    _, (seq, *_), *position = v.__reduce__()
+    return (type(v), tuple(seq), *position)
+
+
+# How frame slots that are not plain values are fingerprinted: a closure (a wait
+# condition) by its code and captures, an iterator by its sequence and position, a cell
+# by its contents, a generator (the next frame of the chain, fingerprinted on its own)
+# by a marker; never by identity, so a rebuilt thread fingerprints like the original.
+_SPECIAL: dict[type, Any] = {
+    FunctionType: _closure,
+    CellType: _cell,
+    GeneratorType: lambda v: GeneratorType,
+    **{type(it): _iterator for it in (iter(()), iter([]), iter(range(0)), iter(""))},
+}
+
+
 def _value(v: object) -> object:
-    """A local as a value: a closure (e.g. a wait condition) by its code and captures,
-    not by identity, so a rebuilt thread fingerprints like the original."""
-    if type(v) is FunctionType:
-        cells = v.__closure__ or ()
-        return (v.__code__, *(_value(c.cell_contents) for c in cells))
-    return v
+    special = _SPECIAL.get(type(v))
+    return v if special is None else special(v)
+
+
+def _stack(g: Any) -> list[object]:
+    """Everything the generator's frame holds, value stack included (a for-loop's
+    iterator, the pending left operand of ``a + (yield from f())``), which ``f_locals``
+    does not show: the frame's slots follow its function and code in gc's referents."""
+    refs = gc.get_referents(g)
+    code = g.gi_code
+    for i in range(len(refs) - 1):
+        if refs[i + 1] is code and type(refs[i]) is FunctionType:
+            return refs[i + 2:]
+    return refs
 
 
 def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: ignore[type-arg]
-    """Position (code, instruction offset) and live locals of every frame of a thread:
-    what a thread's fingerprint hashes, kept so symmetry can rename it later."""
+    """Position (code, instruction offset), named locals and the whole value stack of
+    every frame of a thread: what a thread's fingerprint hashes, kept so that symmetry
+    can rename it later."""
     parts = []
     g: Any = gen
     while isinstance(g, GeneratorType):
         f = g.gi_frame
         if f is None:
             break
-        parts.append((g.gi_code, f.f_lasti, *map(_value, f.f_locals.values())))
+        parts.append((g.gi_code, f.f_lasti, *f.f_locals, *map(_value, _stack(g))))
         g = g.gi_yieldfrom
     return tuple(parts)
 
@@ -238,7 +276,10 @@ class Execution:
             w.report("livelock", f"{t.name} took more than {self.max_steps} steps: unbounded retry?")
             v = w.violation
         if v is None:
-            self.program.check_state(w)
+            try:
+                self.program.check_state(w)
+            except Exception as exc:  # a broken invariant check is a model error too
+                self._model_error(exc)
             v = w.violation
         if v is not None:
             if not v.thread:
@@ -312,7 +353,10 @@ class Execution:
     def finish(self) -> Violation | None:
         """End-of-execution checks (leaks, teardown invariants)."""
         set_world(self.world)
-        self.program.check_final(self.world)
+        try:
+            self.program.check_final(self.world)
+        except Exception as exc:
+            self._model_error(exc)
         return self.world.violation
 
     # -- restoring ------------------------------------------------------------------

@@ -23,6 +23,7 @@ RcuCallback = Callable[[Any], object]
 class _RcuState(Struct):
     readers = Field(frozenset())  # {(tid, nesting depth)} of threads in a read section
     pending = Field(())  # ((object, callback, frozenset(tids still to wait for)), ...)
+    running = Field(0)  # callbacks taken off `pending` and not finished (they may yield)
 
 
 RCU = _RcuState(0)
@@ -34,6 +35,7 @@ def rcu_init() -> None:
     world().set((0, "__live__"), True)
     RCU.readers = frozenset()
     RCU.pending = ()
+    RCU.running = 0
 
 
 def _depth(tid: int) -> int:
@@ -113,13 +115,15 @@ def rcu_callback_thread() -> Generator[Op, int, None]:
         i = next(i for i, (_, _, waiting) in enumerate(pending) if not waiting)
         obj, fn, _ = pending[i]
         RCU.pending = pending[:i] + pending[i + 1 :]
+        RCU.running = int(RCU.running) + 1
         world().note(f"{getattr(fn, '__name__', fn)}({obj})")
         result = fn(obj)
         if isinstance(result, Generator):
             yield from result
+        RCU.running = int(RCU.running) - 1
 
 
 @primitive
 def rcu_barrier() -> Generator[Op, int, None]:
-    """Wait until every queued callback has run."""
-    yield Op("rcu_barrier", guard=lambda: not RCU.pending)
+    """Wait until every queued callback has run to its end."""
+    yield Op("rcu_barrier", guard=lambda: not RCU.pending and not RCU.running)

@@ -31,8 +31,6 @@ from tdpmmu.explore.execution import Schedule, TraceStep
 from tdpmmu.explore.program import ThreadSpec
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op, inline, primitive, world
-from tdpmmu.explore.search.dfs import DepthFirst
-from tdpmmu.explore.search.shrink import shortest
 from tdpmmu.kernel.bug import KVM_BUG_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
@@ -835,14 +833,13 @@ def row_program(row: CorpusRow, vcpus: int, mutated: bool = True) -> KvmProgram:
                       max(vcpus, row.min_vcpus))
 
 
-def _search(program: KvmProgram, limits: Limits) -> Result:
-    """What ``tdpmmu.api.check`` does with its defaults (cache, symmetry, then a search
-    for a shortest counterexample for up to ``limits.shrink_time``), without its name
-    tables: the corpus' mutants and scenarios are not in them."""
-    result = DepthFirst(program, limits, None, cache=True, symmetry=True).run()
-    if result.verdict == "violation" and limits.shrink_time > 0:
-        result = shortest(program, result, limits, symmetry=True)
-    return result
+def _search(row: CorpusRow, vcpus: int, limits: Limits, mutated: bool) -> Result:
+    """``tdpmmu check`` of the row (with or without its mutant)."""
+    from tdpmmu.api import Config, check  # the API's name tables include this module's
+
+    assert row.mutant is not None
+    return check(Config(row.scenario, row.kernel, row.mutant.name if mutated else None, vcpus),
+                 limits)
 
 
 def run_corpus(
@@ -867,10 +864,10 @@ def run_corpus(
         if row.mutant is not None:
             n = max(vcpus, row.min_vcpus)
             res.vcpus = n
-            res.mutant = Check.of(_search(row_program(row, n), limits))
+            res.mutant = Check.of(_search(row, n, limits, mutated=True))
             key = (row.kernel, row.scenario, n)
             if key not in baseline:
-                baseline[key] = Check.of(_search(row_program(row, n, mutated=False), baseline_limits))
+                baseline[key] = Check.of(_search(row, n, baseline_limits, mutated=False))
             res.unmutated = baseline[key]
         out.append(res)
         if progress is not None:

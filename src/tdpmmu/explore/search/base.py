@@ -30,6 +30,7 @@ class Search:
         self.stats = Stats()
         self._start = 0.0
         self._tick = 0
+        self.completed = False  # explore() ran to its end: no limit or interrupt stopped it
 
     # -- hooks for strategies ---------------------------------------------------------
     def explore(self) -> tuple[Violation, Schedule] | None:
@@ -67,6 +68,7 @@ class Search:
         found = None
         try:
             found = self.explore()
+            self.completed = True
         except LimitReached as stop:
             reason = str(stop)
         except KeyboardInterrupt:

@@ -55,6 +55,10 @@ class DepthFirst(Search):
         fingerprint = Execution.canonical_fingerprint if self.symmetry else Execution.fingerprint
         bound = self.depth_bound
         visited: dict[int, int] = {fingerprint(ex): 0}  # fingerprint -> shallowest depth seen
+        # States on the current path: reaching one again means the execution can repeat
+        # forever, which the step bound reports without the cache and the cache would hide.
+        on_path: dict[int, int] = {next(iter(visited)): 0}
+        path_fps: list[int] = [next(iter(visited))]
         stats.states = 1
         first = self._expand(ex, [])
         if isinstance(first, tuple):
@@ -79,6 +83,8 @@ class DepthFirst(Search):
                     snaps.pop()
                 if path:
                     path.pop()
+                if self.cache:
+                    del on_path[path_fps.pop()]
                 used.pop()
                 live = False
                 continue
@@ -109,6 +115,15 @@ class DepthFirst(Search):
                 fp = fingerprint(ex)
                 if pbound is not None:  # the bounded future depends on these too
                     fp = hash((fp, tr[0], spent))
+                if fp in on_path and self._fair_cycle(stack[on_path[fp]:], [*path[on_path[fp]:], tr]):
+                    stats.executions += 1
+                    t = ex.threads[tr[0]].name
+                    return Violation(
+                        "livelock",
+                        f"a cycle: the state after step {depth} ({t}) is the state after step "
+                        f"{on_path[fp]}, so this schedule can repeat forever (unbounded retry)",
+                        thread=t,
+                    ), [*path, tr]
                 seen = visited.get(fp)
                 if seen is not None and (not bound or seen <= depth):
                     stats.executions += 1
@@ -128,12 +143,23 @@ class DepthFirst(Search):
             stack.append(nxt)
             cursor.append(0)
             used.append(spent)
+            if self.cache:
+                on_path[fp] = depth
+                path_fps.append(fp)
             if not self.restore_by_replay:
                 snaps.append(ex.snapshot())
             live = True
             if len(path) > stats.max_depth:
                 stats.max_depth = len(path)
         return None
+
+    @staticmethod
+    def _fair_cycle(enabled: list[list[Transition]], steps: Schedule) -> bool:
+        """A cycle is a livelock only if it is fair: every thread enabled all along it
+        takes a step in it. A spin-wait that another thread would end (if it ran) is a
+        cycle too, but an unfair one, and no bug."""
+        always = set.intersection(*({t for t, _ in e} for e in enabled))
+        return always <= {t for t, _ in steps}
 
     def _expand(
         self, ex: Execution, path: Schedule

@@ -22,10 +22,11 @@ def shortest(program: Program, found: Result, limits: Limits, *, symmetry: bool)
         if left <= 0:
             return best
         bounded = Limits(time_limit=left, max_steps=limits.max_steps)
-        shorter = DepthFirst(program, bounded, cache=True, symmetry=symmetry,
-                             depth_bound=len(best.schedule) - 1).run()
+        search = DepthFirst(program, bounded, cache=True, symmetry=symmetry,
+                            depth_bound=len(best.schedule) - 1)
+        shorter = search.run()
         if shorter.verdict != "violation":
-            best.minimal = shorter.verdict == "pass"
+            best.minimal = search.completed  # no violation within the bound: best is shortest
             return best
         shorter.stats = found.stats  # report the counts of the search that decided
         best = shorter

@@ -36,10 +36,8 @@ from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
-    list_first_or_null_rcu,
     list_for_each,
     list_head,
-    list_next_or_null_rcu,
 )
 from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_inc
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
@@ -146,25 +144,13 @@ class NextRootPlainDecrement(Base):
         self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool
     ) -> Generator[Op, int, kvm_mmu_page | None]:
         lockdep_assert_held(kvm.mmu_lock)
-        head = kvm.arch.tdp_mmu_roots
         yield from rcu_read_lock()
-        if prev_root is not None:
-            pos = yield from list_next_or_null_rcu(head, prev_root.link)
-        else:
-            pos = yield from list_first_or_null_rcu(head)
-        next_root = _root(pos) if pos is not None else None
-        while next_root is not None:
-            if (not only_valid or not next_root.role.invalid) and (
-                yield from self.kvm_tdp_mmu_get_root(next_root)
-            ):
-                break
-            pos = yield from list_next_or_null_rcu(head, next_root.link)
-            next_root = _root(pos) if pos is not None else None
+        next_root = yield from self.tdp_mmu_next_root_walk(kvm, prev_root, only_valid)
         yield from rcu_read_unlock()
         if prev_root is not None:
             # The mutation: --root_count, whether or not it was the last reference.
             yield from refcount_dec_and_test(prev_root.tdp_mmu_root_count)
-        return next_root  # type: ignore[return-value]
+        return next_root
 
 
 class GetRootRefcountInc(Base):
@@ -192,26 +178,16 @@ class NextRootNoRcu(Base):
     def _next_root_without_rcu(
         self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool, checked: bool
     ) -> Generator[Op, int, kvm_mmu_page | None]:
-        """The body of tdp_mmu_next_root() with rcu_read_lock()/unlock() removed."""
-        first = list_first_or_null_rcu if checked else list_first_or_null_unchecked
-        after = list_next_or_null_rcu if checked else list_next_or_null_unchecked
+        """tdp_mmu_next_root() with rcu_read_lock()/unlock() removed."""
         lockdep_assert_held(kvm.mmu_lock)
-        head = kvm.arch.tdp_mmu_roots
-        if prev_root is not None:
-            pos = yield from after(head, prev_root.link)
+        if checked:
+            next_root = yield from self.tdp_mmu_next_root_walk(kvm, prev_root, only_valid)
         else:
-            pos = yield from first(head)
-        next_root = _root(pos) if pos is not None else None
-        while next_root is not None:
-            if (not only_valid or not next_root.role.invalid) and (
-                yield from self.kvm_tdp_mmu_get_root(next_root)
-            ):
-                break
-            pos = yield from after(head, next_root.link)
-            next_root = _root(pos) if pos is not None else None
+            next_root = yield from self.tdp_mmu_next_root_walk(
+                kvm, prev_root, only_valid, list_first_or_null_unchecked, list_next_or_null_unchecked)
         if prev_root is not None:
             yield from self.kvm_tdp_mmu_put_root(kvm, prev_root)
-        return next_root  # type: ignore[return-value]
+        return next_root
 
 
 class NextRootNoRcuUnchecked(NextRootNoRcu):

@@ -9,7 +9,7 @@ docs/kernel-notes.md beside it (section numbers in the docstrings).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.bug import KVM_BUG_ON, WARN_ON, WARN_ON_ONCE
@@ -26,6 +26,7 @@ from tdpmmu.kernel.rculist import (
     list_empty,
     list_first_or_null_rcu,
     list_for_each,
+    list_head,
     list_next_or_null_rcu,
 )
 from tdpmmu.kernel.refcount import (
@@ -48,6 +49,8 @@ from tdpmmu.kvm.structs import (
 )
 
 Steps = Generator[Op, int, None]
+ListFirst = Callable[[list_head], Generator[Op, int, list_head | None]]
+ListNext = Callable[[list_head, list_head], Generator[Op, int, list_head | None]]
 
 
 def kvm_mmu_page_as_id(root: kvm_mmu_page) -> int:
@@ -99,24 +102,34 @@ class TdpMmu:
     ) -> Generator[Op, int, kvm_mmu_page | None]:
         # Roots are RCU-protected, role.invalid is protected by mmu_lock.
         lockdep_assert_held(kvm.mmu_lock)
-        head = kvm.arch.tdp_mmu_roots
         yield from rcu_read_lock()
+        next_root = yield from self.tdp_mmu_next_root_walk(kvm, prev_root, only_valid)
+        yield from rcu_read_unlock()
         if prev_root is not None:
-            pos = yield from list_next_or_null_rcu(head, prev_root.link)
+            yield from self.kvm_tdp_mmu_put_root(kvm, prev_root)
+        return next_root
+
+    @inline
+    def tdp_mmu_next_root_walk(
+        self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool,
+        first: ListFirst = list_first_or_null_rcu, after: ListNext = list_next_or_null_rcu,
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        """The RCU walk inside tdp_mmu_next_root(): from prev_root (or the head) to the
+        next root that passes the filter and whose reference could be taken."""
+        head = kvm.arch.tdp_mmu_roots
+        if prev_root is not None:
+            pos = yield from after(head, prev_root.link)
         else:
-            pos = yield from list_first_or_null_rcu(head)
+            pos = yield from first(head)
         next_root = pos.container() if pos is not None else None
         while next_root is not None:
             if (not only_valid or not next_root.role.invalid) and (
                 yield from self.kvm_tdp_mmu_get_root(next_root)
             ):
                 break
-            pos = yield from list_next_or_null_rcu(head, next_root.link)
+            pos = yield from after(head, next_root.link)
             next_root = pos.container() if pos is not None else None
-        yield from rcu_read_unlock()
-        if prev_root is not None:
-            yield from self.kvm_tdp_mmu_put_root(kvm, prev_root)
-        return next_root  # type: ignore[return-value]
+        return next_root  # type: ignore[no-any-return]
 
     # The for_each_*_yield_safe macros expand, at each call site, to:
     #     root = yield from self.tdp_mmu_next_root(kvm, None, only_valid)

@@ -27,9 +27,15 @@ def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
     assert r.stats.states > 10
 
 
+# At two vCPUs every kernel runs the scenarios the series changed; smm and
+# double-memslot-delete (1.5-3 min each per kernel on a 2-core machine) run on v6.9 here
+# and on every kernel in bench/verify_matrix.py, to keep the suite within its budget.
+TWO_VCPU_MATRIX = [(k, s) for k in KERNELS for s in ("vcpu-load", "memslot-delete")] + [
+    ("v6.9", "smm"), ("v6.9", "double-memslot-delete")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel", list(KERNELS))
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize(("kernel", "scenario"), TWO_VCPU_MATRIX)
 def test_kernel_passes_scenario_at_two_vcpus(kernel: str, scenario: str) -> None:
     r = check(Config(scenario, kernel, None, 2), FAST)
     assert r.verdict == "pass", r.violation

@@ -78,12 +78,14 @@ class X86(Mmu):
 
     def vcpu_run(self, vcpu: kvm_vcpu, gfns: Sequence[int | None], smm: Sequence[int] = ()) -> Steps:
         """The KVM_RUN loop, bounded: one guest entry per entry of ``gfns`` (the gfn its
-        exit faults on, or None), then SMM transitions if ``smm`` lists address spaces."""
+        exit faults on, or None), then, for each address space in ``smm``, an MMU context
+        reset into it (SMM entry or exit) and one guest entry there, which loads a root
+        for that address space."""
         for gfn in gfns:
             yield from self.vcpu_enter_guest(vcpu, gfn)
         for as_id in smm:
             yield from self.kvm_mmu_reset_context(vcpu, as_id)  # enter/leave SMM
-            yield from self.vcpu_enter_guest(vcpu, gfns[0] if gfns else None)
+            yield from self.vcpu_enter_guest(vcpu, None)
         yield from self.kvm_put_kvm(vcpu.kvm)  # the vCPU fd is closed
 
     # -- memslots ---------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Every kernel version on every scenario at N vCPUs (default 2), exhaustively.
+
+    python bench/verify_matrix.py [--vcpus 2]
+
+The test suite runs the part of this matrix that fits its time budget
+(tests/test_model.py); this runs all of it and prints states, executions and CPU
+seconds per cell. Exit 1 if any cell is not a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tdpmmu.api import Config, check
+from tdpmmu.explore.result import Limits
+from tdpmmu.kvm.scenarios import SCENARIOS
+from tdpmmu.kvm.versions import KERNELS
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vcpus", type=int, default=2)
+    args = ap.parse_args()
+    ok = True
+    print(f"{'scenario':<22} {'kernel':<8} {'verdict':<10} {'states':>8} {'executions':>10} {'cpu s':>7}")
+    for scenario in SCENARIOS:
+        for kernel in KERNELS:
+            cpu = time.process_time()
+            r = check(Config(scenario, kernel, None, args.vcpus), Limits(shrink_time=0))
+            ok &= r.verdict == "pass"
+            print(f"{scenario:<22} {kernel:<8} {r.verdict:<10} {r.stats.states:>8} "
+                  f"{r.stats.executions:>10} {time.process_time() - cpu:>7.1f}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

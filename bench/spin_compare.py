@@ -43,7 +43,9 @@ def ensure_spin() -> str:
     return spin
 
 
-def timed(cmd: list[str], cwd: Path, timeout: float | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+def timed(
+    cmd: list[str], cwd: Path, timeout: float | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return p, time.perf_counter() - t0
@@ -85,7 +87,9 @@ def run_pan(work: Path, n: int, mutant: bool, reduce: bool, hashbits: int,
     }
 
 
-def run_spin(spin: str, work: Path, pml: Path, n: int, mutant: bool, args: argparse.Namespace) -> dict[str, object]:
+def run_spin(
+    spin: str, work: Path, pml: Path, n: int, mutant: bool, args: argparse.Namespace
+) -> dict[str, object]:
     defs = [f"-DN={n}"] + (["-DMUTANT_ZAP_UNSCHEDULED"] if mutant else [])
     p, spin_a = timed([spin, "-a", *defs, pml.name], work)
     if p.returncode:
@@ -173,10 +177,10 @@ def main() -> None:
             f"{lb}{t['seconds'] / por['seconds']:.0f}x",
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in lines[1:]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
     print("spin s / tdpmmu s: wall time of pan / of `tdpmmu check` (process start included); "
           "compile s: spin -a + gcc of the POR build; ratios: tdpmmu s over spin s (POR), "
           "'>' when tdpmmu hit its time limit.")

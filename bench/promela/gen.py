@@ -530,7 +530,8 @@ byte rcu_cnt;                 /* scratch of CHECK_ROOTS */
 
 /* check_fast_zap_complete(): no live invalid root maps anything */
 #define FAST_ZAP_COMPLETE() \
-  i = 1; do :: i <= nroots -> assert(r_freed[i] || !(r_invalid[i] && r_spte[i])); i++ :: else -> break od; i = 0
+  i = 1; do :: i <= nroots -> assert(r_freed[i] || !(r_invalid[i] && r_spte[i])); i++ \
+  :: else -> break od; i = 0
 
 /* check_final(): list empty, every root freed, no callback left */
 #define FINAL_CHECKS() \
@@ -538,7 +539,7 @@ byte rcu_cnt;                 /* scratch of CHECK_ROOTS */
   i = 1; do :: i <= nroots -> assert(r_freed[i]); i++ :: else -> break od; i = 0
 
 #define CB_READY(k) (ncb > k && cb_wait[k] == 0)
-""" % {"MAXR": MAXR, "MAXN": MAXN}
+""" % {"MAXR": MAXR, "MAXN": MAXN}  # noqa: UP031 - C-like text full of braces
 
 PROCS = {
     "vcpu": "active [N] proctype vcpu() {\n  byte root, pos; bit snap, ch;",

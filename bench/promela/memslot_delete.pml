@@ -108,7 +108,8 @@ byte rcu_cnt;                 /* scratch of CHECK_ROOTS */
 
 /* check_fast_zap_complete(): no live invalid root maps anything */
 #define FAST_ZAP_COMPLETE() \
-  i = 1; do :: i <= nroots -> assert(r_freed[i] || !(r_invalid[i] && r_spte[i])); i++ :: else -> break od; i = 0
+  i = 1; do :: i <= nroots -> assert(r_freed[i] || !(r_invalid[i] && r_spte[i])); i++ \
+  :: else -> break od; i = 0
 
 /* check_final(): list empty, every root freed, no callback left */
 #define FINAL_CHECKS() \

@@ -27,11 +27,11 @@ def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
     assert r.stats.states > 10
 
 
-# At two vCPUs every kernel runs the scenarios the series changed; smm and
-# double-memslot-delete (1.5-3 min each per kernel on a 2-core machine) run on v6.9 here
-# and on every kernel in bench/verify_matrix.py, to keep the suite within its budget.
-TWO_VCPU_MATRIX = [(k, s) for k in KERNELS for s in ("vcpu-load", "memslot-delete")] + [
-    ("v6.9", "smm"), ("v6.9", "double-memslot-delete")]
+# At two vCPUs every kernel runs the scenarios the series changed. smm and
+# double-memslot-delete take 4-6 min each per kernel at two vCPUs on a 2-core machine:
+# they run at one vCPU above, and at two in bench/verify_matrix.py, to keep the suite
+# within its 10-minute budget.
+TWO_VCPU_MATRIX = [(k, s) for k in KERNELS for s in ("vcpu-load", "memslot-delete")]
 
 
 @pytest.mark.slow

@@ -1,9 +1,12 @@
 """Exhaustive depth-first search, with or without a visited-state cache.
 
 With the cache (the default) a state whose fingerprint was seen before is not expanded
-again. The fingerprint covers the whole world and every thread's frames and locals, so
-for safety properties this prunes nothing reachable (the cross-check tests compare it
-against the cache-less search). Without the cache every interleaving is run to its end.
+again. The fingerprint covers the whole world and every thread's frames, locals and
+value stacks, so for safety properties this prunes nothing reachable (the cross-check
+tests compare it against the cache-less search). A state met again on the current path
+closes a cycle: if the cycle is fair it is reported as a livelock, which the cache would
+otherwise hide (without the cache, the per-thread step bound reports it). Without the
+cache every interleaving is run to its end.
 """
 
 from __future__ import annotations

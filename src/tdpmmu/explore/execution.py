@@ -167,10 +167,6 @@ def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: i
     return tuple(parts)
 
 
-def thread_fingerprint(gen: GeneratorType) -> int:  # type: ignore[type-arg]
-    return hash(thread_frames(gen))
-
-
 class Execution:
     """A program being run under the engine's control."""
 

@@ -36,7 +36,6 @@ from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
-    list_for_each,
     list_head,
 )
 from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_inc
@@ -232,17 +231,11 @@ class ReflagInvalidRoots(Base):
     an earlier fast zap already invalidated (and whose list reference it already put):
     the list reference is put twice."""
 
-    def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
-        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
-            lockdep_assert_held_write(kvm.mmu_lock)
-        yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
-        for pos in list_for_each(kvm.arch.tdp_mmu_roots):
-            root = _root(pos)
-            # The mutation: no `if (!root->role.invalid)`.
-            root.tdp_mmu_scheduled_root_to_zap = True
-            root.role.invalid = True
-            kvm.obsolete_roots_unannounced = True
-            world().note(f"{root!r} invalid, scheduled to zap")
+    @inline
+    def tdp_mmu_invalidate_root(self, kvm: Kvm, root: kvm_mmu_page) -> None:
+        # The mutation: no `if (!root->role.invalid)`.
+        root.role.invalid = False
+        super().tdp_mmu_invalidate_root(kvm, root)
 
 
 class FreeObsoleteCurrentOnly(Base):
@@ -278,8 +271,7 @@ class InvalidateUnlockedWalk(Base):
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)  # the mutation: before write_lock
         yield from write_lock(kvm.mmu_lock)
         kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
-        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
-        kvm.obsolete_roots_unannounced = False
+        yield from self.kvm_request_free_obsolete_roots(kvm)
         yield from write_unlock(kvm.mmu_lock)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
 
@@ -291,12 +283,7 @@ class InvalidateUnlockedWalk(Base):
         head = kvm.arch.tdp_mmu_roots
         pos = yield from list_next_plain(head, head)
         while pos != head:
-            root = _root(pos)
-            if not root.role.invalid:
-                root.tdp_mmu_scheduled_root_to_zap = True
-                root.role.invalid = True
-                kvm.obsolete_roots_unannounced = True
-                world().note(f"{root!r} invalid, scheduled to zap")
+            self.tdp_mmu_invalidate_root(kvm, _root(pos))
             pos = yield from list_next_plain(head, pos)
 
 
@@ -362,8 +349,7 @@ class RequestAfterUnlock(Base):
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
         yield from write_unlock(kvm.mmu_lock)
         # The mutation: outside the critical section that invalidated the roots.
-        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
-        kvm.obsolete_roots_unannounced = False
+        yield from self.kvm_request_free_obsolete_roots(kvm)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
 
 

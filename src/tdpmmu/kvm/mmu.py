@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from tdpmmu.explore.runtime import Op, world
+from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.bug import WARN_ON_ONCE
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_read
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
@@ -150,11 +150,17 @@ class Mmu(TdpMmu):
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
         # In the same write-side critical section as the invalidation: a vCPU that
         # grabs a just-invalidated root must be told to drop it.
-        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
-        kvm.obsolete_roots_unannounced = False
+        yield from self.kvm_request_free_obsolete_roots(kvm)
         # kvm_zap_obsolete_pages(): shadow pages only; there are none with the TDP MMU.
         yield from write_unlock(kvm.mmu_lock)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+
+    @inline
+    def kvm_request_free_obsolete_roots(self, kvm: Kvm) -> Steps:
+        """``kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)``; the ghost
+        flag the invalidation set ends here, wherever a version or mutant posts it."""
+        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
+        kvm.obsolete_roots_unannounced = False
 
     def kvm_mmu_zap_all(self, kvm: Kvm) -> Steps:
         """mmu_notifier release (the mm exits) and VM destruction."""

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 from tdpmmu.explore.runtime import Op, inline
 from tdpmmu.kernel.lockdep import lockdep_assert_held
 from tdpmmu.kernel.rculist import list_add_rcu
-from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock
 from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
-from tdpmmu.kvm.structs import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
+from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -74,8 +73,7 @@ class InvalidateUnderReadLock(Base):
         yield from read_lock(kvm.mmu_lock)  # the mutation: write_lock() in the kernel
         kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
-        yield from kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, kvm.vcpus)
-        kvm.obsolete_roots_unannounced = False
+        yield from self.kvm_request_free_obsolete_roots(kvm)
         yield from read_unlock(kvm.mmu_lock)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
 

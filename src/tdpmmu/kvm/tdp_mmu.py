@@ -139,18 +139,6 @@ class TdpMmu:
     # Python has no macros and a `for` loop cannot yield scheduling points, so the call
     # sites spell the expansion out, as the preprocessor would.
 
-    def tdp_mmu_roots(self, kvm: Kvm, as_id: int, only_valid: bool) -> list[kvm_mmu_page]:
-        """``__for_each_tdp_mmu_root``: a plain walk, no references, no RCU: only safe
-        with mmu_lock held for write (asserted per root, as the macro does)."""
-        out = []
-        for pos in list_for_each(kvm.arch.tdp_mmu_roots):
-            root = pos.container()
-            lockdep_assert_held_write(kvm.mmu_lock)
-            if (as_id >= 0 and kvm_mmu_page_as_id(root) != as_id) or (only_valid and root.role.invalid):
-                continue
-            out.append(root)
-        return out  # type: ignore[return-value]
-
     # -- allocation of a vCPU root (notes §3.3) ----------------------------------------
     def kvm_tdp_mmu_alloc_root(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
         mmu = vcpu.arch.mmu
@@ -222,12 +210,17 @@ class TdpMmu:
             lockdep_assert_held_write(kvm.mmu_lock)
         yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
-            root = pos.container()
-            if not root.role.invalid:
-                root.tdp_mmu_scheduled_root_to_zap = True
-                root.role.invalid = True
-                kvm.obsolete_roots_unannounced = True
-                world().note(f"{root!r} invalid, scheduled to zap")
+            self.tdp_mmu_invalidate_root(kvm, pos.container())
+
+    @inline
+    def tdp_mmu_invalidate_root(self, kvm: Kvm, root: kvm_mmu_page) -> None:
+        """The loop body of kvm_tdp_mmu_invalidate_all_roots(): schedule and invalidate a
+        valid root (together, under the write lock); already-invalid ones are left alone."""
+        if not root.role.invalid:
+            root.tdp_mmu_scheduled_root_to_zap = True
+            root.role.invalid = True
+            kvm.obsolete_roots_unannounced = True  # ghost: until the request is posted
+            world().note(f"{root!r} invalid, scheduled to zap")
 
     def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm) -> Steps:
         yield from read_lock(kvm.mmu_lock)

@@ -40,10 +40,19 @@ def test_yilun_scenario_needs_a_preemption() -> None:
     assert r.verdict == "violation" and r.violation is not None and r.violation.kind == "KVM_BUG_ON"
 
 
-@pytest.mark.parametrize("name", list(MUTANTS))
+# B03's use-after-free needs the notifier to yield mid-zap, the root's last reference
+# to be put and its RCU callback to run, all before the notifier resumes: PCT found it
+# in none of 5,000 runs (seed 1), where the exhaustive search needs ~10 s. Kept as a
+# strict xfail: a better random search will show up here.
+MISSED_BY_PCT = {"notifier-no-root-refs"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="PCT misses it")) if n in MISSED_BY_PCT
+    else n for n, m in MUTANTS.items() if not m.harmless])
 def test_random_pct_finds_every_mutant(name: str) -> None:
     m = MUTANTS[name]
-    r = check(Config(m.scenario, mutant=name, random_runs=500, seed=1), FAST)
+    r = check(Config(m.scenario, mutant=name, vcpus=m.vcpus, random_runs=500, seed=1), FAST)
     assert r.verdict == "violation" and r.violation is not None and r.violation.kind in m.expect
 
 

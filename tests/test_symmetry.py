@@ -30,7 +30,8 @@ def test_same_final_states_fewer_states(kernel: str, vcpus: int) -> None:
     assert b.stats.states < a.stats.states
 
 
-@pytest.mark.parametrize("name", list(MUTANTS))
+# Symmetry needs two vCPUs; the page-table mutants are exercised at one (m.vcpus).
+@pytest.mark.parametrize("name", [n for n, m in MUTANTS.items() if m.vcpus >= 2])
 def test_same_verdict_on_mutants(name: str) -> None:
     m = MUTANTS[name]
     plain, reduced = _both(Config(m.scenario, "v6.9", name, 2))

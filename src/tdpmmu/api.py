@@ -33,6 +33,7 @@ class Config:
     kernel: str = DEFAULT_KERNEL
     mutant: str | None = None
     vcpus: int = 2
+    gfns: int | None = None  # guest frames under each root; None: the scenario's default
     cache: bool = True
     symmetry: bool = True
     shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
@@ -47,6 +48,8 @@ class Config:
             _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
         if not 1 <= self.vcpus <= 8:
             raise BadInput(f"--vcpus must be between 1 and 8, not {self.vcpus}")
+        if self.gfns is not None and not 1 <= self.gfns <= 4:
+            raise BadInput(f"--gfns must be between 1 and 4 (two levels of 2 entries), not {self.gfns}")
         if self.preemptions is not None and self.preemptions < 0:
             raise BadInput(f"--preemptions must be 0 or more, not {self.preemptions}")
         if self.random_runs < 0:
@@ -57,7 +60,7 @@ class Config:
     def program(self) -> KvmProgram:
         self.validate()
         kernel = build_kernel(KERNELS[self.kernel], MUTANTS[self.mutant] if self.mutant else None)
-        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus)
+        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.gfns)
 
 
 def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:

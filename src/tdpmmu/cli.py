@@ -71,6 +71,9 @@ Mutant = Annotated[
     typer.Option("--mutant", "-m", help="Deliberate bug to apply to the kernel.", show_default=False),
 ]
 Vcpus = Annotated[int, typer.Option("--vcpus", "-n", help="Number of vCPU threads (1-8).")]
+Gfns = Annotated[int | None, typer.Option(
+    "--gfns", help="Guest frames per root (1-4): page-table size [default: the scenario's].",
+    show_default=False)]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
@@ -129,6 +132,7 @@ def check(
     kernel: Kernel = DEFAULT_KERNEL,
     mutant: Mutant = None,
     vcpus: Vcpus = 2,
+    gfns: Gfns = None,
     max_states: Annotated[int, typer.Option(min=0, help="Stop after this many states (0: no limit).")] = 0,
     time_limit: Annotated[
         float, typer.Option(min=0.0, help="Stop after this many seconds (0: no limit).")
@@ -159,7 +163,7 @@ def check(
     ] = None,
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
-    config = Config(scenario, kernel, mutant, vcpus, cache=not no_cache, symmetry=symmetry,
+    config = Config(scenario, kernel, mutant, vcpus, gfns, cache=not no_cache, symmetry=symmetry,
                     preemptions=preemptions, random_runs=random_runs, seed=seed)
     limits = Limits(max_states=max_states, time_limit=time_limit, shrink_time=shrink_time)
     try:
@@ -181,10 +185,11 @@ def replay(
     kernel: Kernel = DEFAULT_KERNEL,
     mutant: Mutant = None,
     vcpus: Vcpus = 2,
+    gfns: Gfns = None,
     as_json: AsJson = False,
 ) -> None:
     """Re-run one interleaving of SCENARIO, print its trace; exit 1 if it reaches a violation."""
-    config = Config(scenario, kernel, mutant, vcpus)
+    config = Config(scenario, kernel, mutant, vcpus, gfns)
     try:
         steps = decode(schedule)
         ex, violation = replay_checked(config.program(), steps, max_steps=Limits().max_steps)
@@ -211,17 +216,30 @@ def corpus(
     time_limit: Annotated[
         float, typer.Option(min=0.0, help="Seconds per search (0: no limit).")
     ] = 60.0,
+    only: Annotated[
+        str | None, typer.Option(help="Only these rows: ids or mutant names, comma-separated (B04,M1).",
+                                 show_default=False)
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Run the historical-bug corpus: every mutant must be caught, and every unmutated
     kernel must pass its scenario; exit 1 otherwise."""
-    from tdpmmu.kvm.corpus import CorpusResult, corpus_ok, format_table, run_corpus
+    from tdpmmu.kvm.corpus import CORPUS, CorpusResult, corpus_ok, format_table, run_corpus
+
+    rows = CORPUS
+    if only is not None:
+        wanted = {w.strip() for w in only.split(",") if w.strip()}
+        rows = [r for r in CORPUS if r.id in wanted or r.name in wanted]
+        unknown = wanted - {r.id for r in rows} - {r.name for r in rows}
+        if unknown or not rows:
+            fail(f"unknown corpus row {', '.join(sorted(unknown)) or repr(only)}; "
+                 f"known: {', '.join(sorted({r.id for r in CORPUS}))} or a mutant name")
 
     def done(r: CorpusResult) -> None:
         if sys.stderr.isatty():
             typer.echo(f"  {r.row.id} {r.row.name} done", err=True)
 
-    results = run_corpus(vcpus, Limits(time_limit=time_limit), progress=done)
+    results = run_corpus(vcpus, Limits(time_limit=time_limit), rows=rows, progress=done)
     ok = corpus_ok(results)
     if as_json:
         _emit({"ok": ok, "vcpus": vcpus, "rows": [

@@ -54,7 +54,10 @@ def replay_command(config: Config, schedule: Schedule) -> str:
     args = ["tdpmmu", "replay", config.scenario, "--kernel", config.kernel]
     if config.mutant:
         args += ["--mutant", config.mutant]
-    args += ["--vcpus", str(config.vcpus), "--schedule", encode(schedule)]
+    args += ["--vcpus", str(config.vcpus)]
+    if config.gfns is not None:
+        args += ["--gfns", str(config.gfns)]
+    args += ["--schedule", encode(schedule)]
     return shlex.join(args)
 
 
@@ -152,8 +155,13 @@ def _counts(stats: Stats) -> str:
     return f"{stats.states} states ({stats.executions} execution{plural}), {stats.seconds:.2f}s"
 
 
+def gfns(config: Config) -> int:
+    return config.gfns or SCENARIOS[config.scenario].gfns
+
+
 def _run(config: Config) -> str:
-    return f"{kernel_label(config)} {config.scenario} vcpus={config.vcpus}"
+    size = f" gfns={gfns(config)}" if gfns(config) != 1 else ""  # 1 for root-only scenarios
+    return f"{kernel_label(config)} {config.scenario} vcpus={config.vcpus}{size}"
 
 
 def _mutant_lines(config: Config, violation: Violation) -> list[str]:
@@ -245,6 +253,7 @@ def _config_json(config: Config) -> dict[str, Any]:
         "kernel": config.kernel,
         "mutant": config.mutant,
         "vcpus": config.vcpus,
+        "gfns": gfns(config),
     }
     if config.mutant:
         out["expected"] = expected_kinds(config)
@@ -302,7 +311,8 @@ def catalog_json() -> dict[str, Any]:
         "kernels": [{"name": name, "commit": k.COMMIT, "default": name == DEFAULT_KERNEL}
                     for name, k in KERNELS.items()],
         "mutants": [{"name": m.name, "expected": sorted(m.expect), "scenario": m.scenario,
-                     "summary": _squash(m.summary), "origin": m.origin} for m in MUTANTS.values()],
+                     "summary": _squash(m.summary), "origin": m.origin, "harmless": m.harmless or None}
+                    for m in MUTANTS.values()],
     }
 
 
@@ -319,6 +329,13 @@ def _table(rows: list[tuple[str, list[str]]], width: int) -> list[str]:
     return out
 
 
+def _expectation(m: dict[str, Any]) -> str:
+    if m["harmless"]:
+        return f"harmless (proved in {m['scenario']}): {m['harmless']}; origin: {m['origin']}"
+    return (f"expects {' or '.join(m['expected']) or '(none recorded)'} in {m['scenario']}; "
+            f"origin: {m['origin']}")
+
+
 def render_catalog(width: int = WIDTH) -> str:
     """``tdpmmu list``."""
     c = catalog_json()
@@ -328,7 +345,5 @@ def render_catalog(width: int = WIDTH) -> str:
     lines += _table([(k["name"], [k["commit"] + (" [default]" if k["default"] else "")])
                      for k in c["kernels"]], width)
     lines += ["", "Mutants:"]
-    lines += _table([(m["name"], [f"expects {' or '.join(m['expected']) or '(none recorded)'}"
-                                  f" in {m['scenario']}; origin: {m['origin']}", m["summary"]])
-                     for m in c["mutants"]], width)
+    lines += _table([(m["name"], [_expectation(m), m["summary"]]) for m in c["mutants"]], width)
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar, TypeVar, overload
 
-from tdpmmu.explore.runtime import world
+from tdpmmu.explore.runtime import NAME, world
 
 S = TypeVar("S", bound="Struct")
 T = TypeVar("T")
@@ -136,3 +136,15 @@ def objects_of(cls: type[S], *, live_only: bool = False) -> list[S]:
         for oid in w.oids()
         if w.type_of(oid) is cls and not (live_only and w.is_freed(oid))
     ]
+
+
+def next_name(cls: type[Struct], prefix: str) -> str:
+    """``prefix`` + the next number among objects of ``cls`` named that way: traces say
+    "root2" rather than an object id. Names are not state (not fingerprinted)."""
+    w = world()
+    n = sum(1 for oid in w.oids() if w.type_of(oid) is cls and w.name_of(oid).startswith(prefix))
+    return f"{prefix}{n + 1}"
+
+
+def set_name(obj: Struct, name: str) -> None:
+    world().cells[(obj.oid, NAME)] = name

@@ -56,6 +56,7 @@ from tdpmmu.kvm.structs import (
     kvm_mmu_page,
     kvm_mmu_page_role,
     kvm_mmu_root_info,
+    kvm_page_fault,
     kvm_vcpu,
 )
 from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id
@@ -222,8 +223,8 @@ class NoStaleRootCheck(Base):
     a955cad84cda): a fault installs an SPTE in an invalid root, possibly after the fast
     zap has passed it."""
 
-    def is_page_fault_stale(self, vcpu: kvm_vcpu, gfn: int) -> bool:
-        return False  # only mmu_invalidate_retry_gfn() is left: no notifier here
+    def is_page_fault_stale(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> bool:
+        return self.mmu_invalidate_retry_gfn(vcpu.kvm, fault.mmu_seq, fault.gfn)
 
 
 class ReflagInvalidRoots(Base):
@@ -614,9 +615,6 @@ class CorpusRow:
 
 
 _C = CORPUS_MUTANTS
-_NOTIFIER = ("the model has no mmu_notifier (kvm_tdp_mmu_unmap_gfn_range, may_block yields) "
-             "and no page-table pages below the root (SPTEs are an abstract gfn set: no child "
-             "SPs, no handle_removed_pt, no A/D writeback to a struct page)")
 
 CORPUS: list[CorpusRow] = [
     CorpusRow("B01", "next-root-plain-decrement", _C["next-root-plain-decrement"], "v6.9",
@@ -639,15 +637,12 @@ CORPUS: list[CorpusRow] = [
               "(root list mutations under tdp_mmu_pages_lock)",
               "the list is mutated only under tdp_mmu_pages_lock; a live root stays on the list; "
               "teardown leaves nothing"),
-    CorpusRow("B03", "notifier-unmap-no-refs", None, "v6.9",
+    CorpusRow("B03", "notifier-no-root-refs", MUTANTS["notifier-no-root-refs"], "v6.9",
               "7533377215b6", "KVM: x86/mmu: Use yield-safe TDP MMU root iter in MMU notifier unmapping",
-              "whoever drops mmu_lock while positioned on a root holds a reference to it",
-              why_not=_NOTIFIER + "; the mutation is in unmap_gfn_range, which the model lacks"),
-    CorpusRow("B04", "notifier-unmap-valid-only", None, "v6.9",
+              "whoever drops mmu_lock while positioned on a root holds a reference to it"),
+    CorpusRow("B04", "notifier-skips-invalid-roots", MUTANTS["notifier-skips-invalid-roots"], "v6.9",
               "d62007edf01f", "KVM: x86/mmu: Zap _all_ roots when unmapping gfn range in TDP MMU",
-              "when an mmu_notifier invalidation returns, no root (valid or invalid) maps the range",
-              why_not=_NOTIFIER + "; the property needs a notifier thread and a struct page that "
-              "mm frees after the invalidation returns"),
+              "when an mmu_notifier invalidation returns, no root (valid or invalid) maps the range"),
     CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"], "v6.9",
               "a955cad84cda", "KVM: x86/mmu: Retry page fault if root is invalidated by memslot update",
               "no SPTE is created in an invalid root (fast-zap completeness)"),
@@ -694,8 +689,9 @@ CORPUS: list[CorpusRow] = [
     CorpusRow("B15", "lockless-aging", None, "v6.13",
               "526e609f0567", "KVM: x86/mmu: Process only valid TDP MMU roots when aging a gfn range",
               "a lockless walk stays inside rcu_read_lock() and writes SPTEs atomically",
-              why_not="needs the mmu_notifier aging hooks (clear_young/test_young) and "
-              "for_each_tdp_mmu_root_rcu, plus SPTE accessed bits; " + _NOTIFIER),
+              why_not="needs the mmu_notifier aging hooks (clear_young/test_young), "
+              "for_each_tdp_mmu_root_rcu and SPTE accessed bits that aging clears; the model "
+              "has the unmap hook and treats every leaf as accessed"),
     CorpusRow("M1", "no-recheck", MUTANTS["no-recheck"], "v6.9",
               "", "kvm_tdp_mmu_alloc_root() without the recheck under tdp_mmu_pages_lock",
               "at most one valid root per role.word", min_vcpus=2),

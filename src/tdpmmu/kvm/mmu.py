@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from tdpmmu.explore.runtime import Op, inline, world
+from tdpmmu.kernel.atomic import READ_ONCE
 from tdpmmu.kernel.bug import WARN_ON_ONCE
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_read
+from tdpmmu.kernel.page import get_user_page, page, put_page
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
 from tdpmmu.kvm.structs import (
@@ -17,17 +19,18 @@ from tdpmmu.kvm.structs import (
     KVM_MMU_ROOT_PREVIOUS,
     KVM_MMU_ROOTS_ALL,
     KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+    PG_LEVEL_4K,
     VALID_PAGE,
     Kvm,
     kvm_mmu,
     kvm_mmu_page,
+    kvm_page_fault,
     kvm_vcpu,
 )
-from tdpmmu.kvm.tdp_mmu import TdpMmu
+from tdpmmu.kvm.tdp_mmu import RET_PF_RETRY, TdpMmu, mapped_leaves
 
 Steps = Generator[Op, int, None]
 
-RET_PF_CONTINUE, RET_PF_RETRY = 0, 1
 CURRENT = -1  # "slot" of mmu->root.hpa, beside prev_roots[0..2]
 
 
@@ -169,24 +172,63 @@ class Mmu(TdpMmu):
         yield from write_unlock(kvm.mmu_lock)
 
     # -- page fault (notes §5.8) ----------------------------------------------------------
-    def is_page_fault_stale(self, vcpu: kvm_vcpu, gfn: int) -> bool:
+    def is_page_fault_stale(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> bool:
         sp = vcpu.arch.mmu.root.hpa
         if sp is not None and self.is_obsolete_sp(vcpu.kvm, sp):
             return True
         if sp is None and KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests:
             return True
-        return False  # mmu_invalidate_retry_gfn(): no mmu_notifier in these scenarios
+        return self.mmu_invalidate_retry_gfn(vcpu.kvm, fault.mmu_seq, fault.gfn)
+
+    def mmu_invalidate_retry_gfn(self, kvm: Kvm, mmu_seq: int, gfn: int) -> bool:
+        """An mmu_notifier invalidation covering ``gfn`` is running, or one completed
+        since the fault sampled ``mmu_seq``: the pfn may be stale (include/linux/kvm_host.h)."""
+        lockdep_assert_held(kvm.mmu_lock)
+        if kvm.mmu_invalidate_in_progress and (
+            kvm.mmu_invalidate_range_start <= gfn < kvm.mmu_invalidate_range_end
+        ):
+            return True
+        return bool(kvm.mmu_invalidate_seq != mmu_seq)
+
+    def kvm_faultin_pfn(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> Generator[Op, int, kvm_page_fault]:
+        """Sample the notifier sequence, then resolve the pfn with gup (a page
+        reference, dropped by kvm_release_pfn_clean() after the fault)."""
+        mmu_seq = yield from READ_ONCE(vcpu.kvm, "mmu_invalidate_seq")
+        # smp_rmb(): the sequence is read before the pfn.
+        pfn = yield from get_user_page(vcpu.kvm.mm, fault.gfn)  # __gfn_to_pfn_memslot()
+        return fault._replace(mmu_seq=mmu_seq, pfn=pfn)
+
+    def kvm_release_pfn_clean(self, kvm: Kvm, pfn: page) -> Steps:
+        if (yield from put_page(pfn)):
+            self.check_page_unmapped(kvm, pfn)
+
+    @inline
+    def check_page_unmapped(self, kvm: Kvm, pfn: page) -> None:
+        """Property: a freed page is mapped by no SPTE (KVM holds no page reference;
+        the mmu_notifier must have zapped every SPTE before the mm lets it go)."""
+        for gfn, sp in mapped_leaves(pfn):
+            world().report("use-after-free",
+                           f"{pfn!r} was freed while {sp!r} still maps it at gfn {gfn}")
 
     def kvm_tdp_mmu_page_fault(self, vcpu: kvm_vcpu, gfn: int) -> Generator[Op, int, int]:
         kvm = vcpu.kvm
+        fault = kvm_page_fault(gfn=gfn, goal_level=PG_LEVEL_4K)
+        fault = yield from self.kvm_faultin_pfn(vcpu, fault)
         r = RET_PF_RETRY
         yield from read_lock(kvm.mmu_lock)
-        if self.is_page_fault_stale(vcpu, gfn):
-            world().note("stale root: RET_PF_RETRY")
+        if self.is_page_fault_stale(vcpu, fault):
+            world().note("stale: RET_PF_RETRY")
         else:
-            r = yield from self.kvm_tdp_mmu_map(vcpu, gfn)
+            r = yield from self.kvm_tdp_mmu_map(vcpu, fault)
         yield from read_unlock(kvm.mmu_lock)
+        yield from self.kvm_release_pfn_clean(kvm, fault.pfn)  # type: ignore[arg-type]
         return r
+
+    # -- mmu_notifier unmap (notes §4.9) -------------------------------------------------
+    def kvm_unmap_gfn_range(self, kvm: Kvm, as_id: int, start: int, end: int,
+                            may_block: bool) -> Generator[Op, int, bool]:
+        # The rmap walk is for shadow pages; there are none with the TDP MMU.
+        return (yield from self.kvm_tdp_mmu_unmap_gfn_range(kvm, as_id, start, end, may_block, False))
 
     # -- VM teardown (notes §5.11) ----------------------------------------------------------
     def kvm_mmu_uninit_vm(self, kvm: Kvm) -> Steps:

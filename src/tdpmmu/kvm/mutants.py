@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tdpmmu.explore.runtime import Op, inline
-from tdpmmu.kernel.lockdep import lockdep_assert_held
+from tdpmmu.kernel.bug import KVM_BUG_ON
+from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rculist import list_add_rcu
 from tdpmmu.kernel.rwlock import read_lock, read_unlock
 from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
 from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
+from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -78,6 +80,47 @@ class InvalidateUnderReadLock(Base):
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
 
 
+class NotifierSkipsInvalidRoots(Base):
+    """B04: the mmu_notifier unmap walks valid roots only, as before d62007edf01f: an
+    invalid root whose zapper has yielded keeps mapping the range after the unmap
+    returns, and the mm frees the pages under it."""
+
+    UNMAP_ONLY_VALID = True
+
+
+class PutBeforeZap(Base):
+    """kvm_tdp_mmu_zap_invalidated_roots() puts the TDP MMU's reference *before*
+    zapping the root, against the comment that notifiers must still find the root
+    while it is zapped."""
+
+    @inline
+    def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        if not root.tdp_mmu_scheduled_root_to_zap:
+            return
+        root.tdp_mmu_scheduled_root_to_zap = False
+        KVM_BUG_ON(not root.role.invalid, kvm, "!root->role.invalid")
+        yield from self.kvm_tdp_mmu_put_root(kvm, root)  # the mutation: put first
+        yield from self.tdp_mmu_zap_root(kvm, root, True)
+
+
+class NotifierNoRootRefs(Base):
+    """B03: the mmu_notifier unmap walks the roots list without taking references
+    (``for_each_tdp_mmu_root``, as before 7533377215b6) yet may yield inside the zap:
+    while it is away the root can be put for the last time and freed under it."""
+
+    def kvm_tdp_mmu_unmap_gfn_range(self, kvm: Kvm, as_id: int, start: int, end: int,
+                                    may_block: bool, flush: bool) -> Generator[Op, int, bool]:
+        lockdep_assert_held_write(kvm.mmu_lock)
+        head = kvm.arch.tdp_mmu_roots
+        pos = head.next  # list_for_each_entry(): plain reads under mmu_lock
+        while pos != head:
+            root = pos.container()
+            if kvm_mmu_page_as_id(root) == as_id:
+                flush = yield from self.tdp_mmu_zap_leafs(kvm, root, start, end, may_block, flush)
+            pos = pos.next
+        return flush
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
@@ -85,6 +128,11 @@ class Mutant:
     expect: frozenset[str]  # violation kinds that count as catching it
     scenario: str
     origin: str  # the historical bug or review question it stands for
+    # Non-empty: why the mutation is harmless on the kernels modeled; the checker must
+    # then *prove* the scenario clean with it (a reviewer's "does this order matter?").
+    harmless: str = ""
+    vcpus: int = 2  # the configuration the tests run it in (a depth-first search of a
+    # larger one can take long to reach the bug: stress at 2 vCPUs is millions of states)
 
     @property
     def summary(self) -> str:
@@ -102,6 +150,16 @@ MUTANTS: dict[str, Mutant] = {
                "vcpu-load", "B10 edbdb43fc96b (before it: one reference per root)"),
         Mutant("invalidate-under-read-lock", InvalidateUnderReadLock, frozenset({"spte-in-invalid-root"}),
                "memslot-delete", "M3"),
+        Mutant("notifier-skips-invalid-roots", NotifierSkipsInvalidRoots,
+               frozenset({"notifier-incomplete", "use-after-free"}), "stress", "B04 d62007edf01f",
+               vcpus=1),
+        Mutant("put-before-zap", PutBeforeZap, frozenset({"notifier-incomplete", "use-after-free"}),
+               "stress", "the order kvm_tdp_mmu_zap_invalidated_roots() documents (B04's second mutation)",
+               harmless="since the zapper walks roots with the yield-safe iterator, the iterator's own "
+               "reference keeps the root on the list (and reachable by notifiers) while it is zapped",
+               vcpus=1),
+        Mutant("notifier-no-root-refs", NotifierNoRootRefs, frozenset({"use-after-free"}),
+               "stress", "B03 7533377215b6", vcpus=1),
     )
 }
 

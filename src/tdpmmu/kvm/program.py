@@ -8,6 +8,7 @@ from functools import partial
 from tdpmmu.explore.program import ThreadSpec
 from tdpmmu.explore.runtime import World, set_world
 from tdpmmu.kernel.memory import kzalloc, objects_of
+from tdpmmu.kernel.page import alloc_page, mm_struct
 from tdpmmu.kernel.rcu import RCU, rcu_callback_thread, rcu_init
 from tdpmmu.kernel.rculist import INIT_LIST_HEAD, list_empty, list_for_each
 from tdpmmu.kvm.scenarios import Scenario
@@ -16,8 +17,10 @@ from tdpmmu.kvm.x86 import Kernel
 
 
 class KvmProgram:
-    def __init__(self, kernel: type[Kernel], scenario: Scenario, vcpus: int) -> None:
+    def __init__(self, kernel: type[Kernel], scenario: Scenario, vcpus: int,
+                 gfns: int | None = None) -> None:
         self.kernel = kernel()
+        self.kernel.max_gfn = gfns or scenario.gfns
         self.scenario = scenario
         self.nr_vcpus = vcpus
         self.kvm: Kvm | None = None
@@ -28,6 +31,9 @@ class KvmProgram:
         rcu_init()
         kvm = kzalloc(Kvm, name="kvm")
         INIT_LIST_HEAD(kvm.arch.tdp_mmu_roots)
+        # Guest memory is populated: the mm maps a page at every gfn.
+        kvm.mm = kzalloc(mm_struct, name="mm", pte=tuple(
+            alloc_page(f"page{gfn}") for gfn in range(self.kernel.max_gfn)))
         vcpus = tuple(
             kzalloc(kvm_vcpu, name=f"vcpu{i}", kvm=kvm) for i in range(self.nr_vcpus)
         )

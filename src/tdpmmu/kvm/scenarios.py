@@ -18,6 +18,7 @@ class Scenario:
     name: str
     summary: str
     threads: ThreadsFn
+    gfns: int = 1  # default --gfns: the scenarios that fault on one gfn need no more
 
 
 def _vcpus(k: Kernel, vcpus: tuple[kvm_vcpu, ...], gfns: tuple[int | None, ...],
@@ -46,6 +47,27 @@ def double_memslot_delete(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> l
             ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm, times=2))]
 
 
+def _all_gfns(k: Kernel) -> tuple[int, ...]:
+    return tuple(range(k.tdp_mmu_max_gfn_exclusive()))
+
+
+def fault_vs_zap(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    # Each vCPU faults on every gfn in turn, so the zapper can yield between gfns.
+    return [*_vcpus(k, vcpus, _all_gfns(k)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
+
+
+def _mm_unmap(k: Kernel, kvm: Kvm) -> ThreadSpec:
+    return ThreadSpec("mm", partial(k.mm_unmap_range, kvm, 0, k.tdp_mmu_max_gfn_exclusive()))
+
+
+def mmu_notifier(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [*_vcpus(k, vcpus, _all_gfns(k)), _mm_unmap(k, kvm)]
+
+
+def stress(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [*fault_vs_zap(k, kvm, vcpus), _mm_unmap(k, kvm)]
+
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -56,5 +78,12 @@ SCENARIOS = {
         Scenario("smm", "vCPUs use address spaces 0 and 1 (SMM) while a memslot is deleted", smm),
         Scenario("double-memslot-delete", "two memslot deletions in sequence while vCPUs run",
                  double_memslot_delete),
+        Scenario("fault-vs-zap", "vCPUs fault on every gfn while a memslot is deleted",
+                 fault_vs_zap, gfns=2),
+        Scenario("mmu-notifier",
+                 "vCPUs fault on every gfn while the mm unmaps all of them and frees the pages",
+                 mmu_notifier, gfns=2),
+        Scenario("stress", "fault-vs-zap and mmu-notifier at once: faults, a memslot deletion "
+                 "and an unmap", stress, gfns=2),
     )
 }

@@ -8,12 +8,14 @@ Fields marked *ghost* are not in the kernel: they record history a property need
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
 from tdpmmu.kernel.memory import Embedded, Field, Struct
 from tdpmmu.kernel.rculist import list_head
 from tdpmmu.kernel.refcount import refcount_t
 from tdpmmu.kernel.rwlock import rwlock_t
 from tdpmmu.kernel.spinlock import mutex, spinlock_t
+from tdpmmu.kvm.spte import SHADOW_NONPRESENT_VALUE, SPTE_ENT_PER_PAGE, TDP_ROOT_LEVEL
 
 INVALID_PAGE = None
 PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G, PG_LEVEL_512G = 1, 2, 3, 4
@@ -49,34 +51,49 @@ def VALID_PAGE(hpa: object) -> bool:
     return hpa is not INVALID_PAGE
 
 
+RoleWord = tuple[int, bool, int, bool, bool]
+
+
 class kvm_mmu_page_role(Struct):
     """``union kvm_mmu_page_role``: compared as a whole through ``word``."""
 
-    level = Field(PG_LEVEL_512G)
+    level = Field(TDP_ROOT_LEVEL)  # the model's roots are two levels up (spte.py)
     direct = Field(True)
     smm = Field(0)  # address space: as_id 1 is SMM
     guest_mode = Field(False)
     invalid = Field(False)
 
     @property
-    def word(self) -> tuple[int, bool, int, bool, bool]:
+    def word(self) -> RoleWord:
         return (self.level, self.direct, self.smm, self.guest_mode, self.invalid)
 
     @word.setter
-    def word(self, value: tuple[int, bool, int, bool, bool]) -> None:
+    def word(self, value: RoleWord) -> None:
         self.level, self.direct, self.smm, self.guest_mode, self.invalid = value
 
 
 class kvm_mmu_page(Struct):
-    """A TDP MMU root (only roots are modeled here; page tables come with the SPTEs)."""
+    """A TDP MMU page table: a root (on ``tdp_mmu_roots``, refcounted) or a child
+    table linked from its parent's SPTE. ``spt`` is the table itself, one SPTE value
+    per entry (spte.py)."""
 
-    C_NAME = "root"
+    C_NAME = "sp"
     role = Embedded(kvm_mmu_page_role)
+    gfn = Field(0)  # first gfn this table maps
+    spt = Field((SHADOW_NONPRESENT_VALUE,) * SPTE_ENT_PER_PAGE)
     tdp_mmu_page = Field(True)
     tdp_mmu_root_count = Embedded(refcount_t)
     tdp_mmu_scheduled_root_to_zap = Field(False)
     link = Embedded(list_head)
-    sptes = Field(frozenset())  # abstract SPTEs: the gfns mapped by leaf entries
+
+
+class kvm_page_fault(NamedTuple):
+    """``struct kvm_page_fault`` (mmu_internal.h): the fields the TDP fault path uses."""
+
+    gfn: int
+    goal_level: int
+    pfn: object = None  # the struct page, once kvm_faultin_pfn() resolved it
+    mmu_seq: int = 0
 
 
 class kvm_mmu_root_info(Struct):
@@ -111,6 +128,7 @@ class kvm_vcpu(Struct):
 class kvm_arch(Struct):
     tdp_mmu_roots = Embedded(list_head)
     tdp_mmu_pages_lock = Embedded(spinlock_t)
+    tdp_mmu_pages = Field(0)  # atomic64_t: linked non-root page tables
     mmu_valid_gen = Field(0)
 
 
@@ -124,6 +142,11 @@ class kvm(Struct):
     vcpus = Field(())
     vm_bugged = Field(False)
     vm_dead = Field(False)
+    mm = Field(None)  # the VMM's mm_struct (guest memory: gfn == hva)
+    mmu_invalidate_seq = Field(0)
+    mmu_invalidate_in_progress = Field(0)
+    mmu_invalidate_range_start = Field(None)  # INVALID_GPA
+    mmu_invalidate_range_end = Field(None)
     # ghost: roots were invalidated and KVM_REQ_MMU_FREE_OBSOLETE_ROOTS is not yet posted
     obsolete_roots_unannounced = Field(False)
 

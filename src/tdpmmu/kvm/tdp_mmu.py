@@ -9,16 +9,17 @@ docs/kernel-notes.md beside it (section numbers in the docstrings).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 
 from tdpmmu.explore.runtime import Op, inline, world
-from tdpmmu.kernel.bug import KVM_BUG_ON, WARN_ON, WARN_ON_ONCE
+from tdpmmu.kernel.bug import BUG, KVM_BUG_ON, WARN_ON, WARN_ON_ONCE
 from tdpmmu.kernel.lockdep import (
     lockdep_assert_held,
     lockdep_assert_held_read,
     lockdep_assert_held_write,
 )
-from tdpmmu.kernel.memory import kfree, kzalloc, objects_of
+from tdpmmu.kernel.memory import kfree, kzalloc, next_name, objects_of, set_name
+from tdpmmu.kernel.page import mark_page_accessed
 from tdpmmu.kernel.rcu import call_rcu, rcu_barrier, rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     list_add_rcu,
@@ -38,17 +39,36 @@ from tdpmmu.kernel.refcount import (
 from tdpmmu.kernel.rwlock import read_lock, read_unlock
 from tdpmmu.kernel.sched import cond_resched_rwlock_read, cond_resched_rwlock_write, need_resched
 from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
+from tdpmmu.kvm.spte import (
+    KVM_PAGES_PER_HPAGE,
+    REMOVED_SPTE,
+    SHADOW_NONPRESENT_VALUE,
+    SPTE_ENT_PER_PAGE,
+    TDP_ROOT_LEVEL,
+    Spte,
+    is_last_spte,
+    is_removed_spte,
+    is_shadow_present_pte,
+    make_nonleaf_spte,
+    make_spte,
+    spte_to_child_pt,
+)
 from tdpmmu.kvm.structs import (
     PG_LEVEL_1G,
     PG_LEVEL_2M,
     PG_LEVEL_4K,
     Kvm,
+    RoleWord,
     kvm_mmu_page,
     kvm_mmu_page_role,
+    kvm_page_fault,
     kvm_vcpu,
 )
+from tdpmmu.kvm.tdp_iter import TdpIter, tdp_iter_next, tdp_iter_start, tdp_iter_valid
 
 Steps = Generator[Op, int, None]
+EBUSY = 16
+RET_PF_CONTINUE, RET_PF_RETRY, RET_PF_FIXED, RET_PF_SPURIOUS = 0, 1, 3, 4
 ListFirst = Callable[[list_head], Generator[Op, int, list_head | None]]
 ListNext = Callable[[list_head, list_head], Generator[Op, int, list_head | None]]
 
@@ -61,6 +81,31 @@ def kvm_mmu_role_as_id(role: kvm_mmu_page_role) -> int:
     return int(role.smm)
 
 
+def root_leaves(sp: kvm_mmu_page) -> Iterator[tuple[int, kvm_mmu_page, Spte]]:
+    """Every present leaf SPTE under a live table: (gfn, table, SPTE). For properties
+    only: reads the tables directly, outside any scheduling point."""
+    for i, spte in enumerate(sp.spt):
+        if not is_shadow_present_pte(spte):
+            continue
+        assert isinstance(spte, Spte)
+        if spte.leaf:
+            yield sp.gfn + i * KVM_PAGES_PER_HPAGE(sp.role.level), sp, spte
+        else:
+            yield from root_leaves(spte.pfn)  # type: ignore[arg-type]
+
+
+def live_roots() -> list[kvm_mmu_page]:
+    """Every root not yet freed, on the list or not (a property's view of the slab)."""
+    return [sp for sp in objects_of(kvm_mmu_page, live_only=True)
+            if sp.role.level == TDP_ROOT_LEVEL]
+
+
+def mapped_leaves(pfn: object) -> list[tuple[int, kvm_mmu_page]]:
+    """Where ``pfn`` is mapped: (gfn, table) of each leaf SPTE pointing to it."""
+    return [(gfn, sp) for root in live_roots() for gfn, sp, spte in root_leaves(root)
+            if spte.pfn == pfn]
+
+
 class TdpMmu:
     """tdp_mmu.c, v6.9."""
 
@@ -70,16 +115,32 @@ class TdpMmu:
     # -- allocation and freeing (notes §1, §3) -------------------------------------------
     def tdp_mmu_alloc_sp(self, vcpu: kvm_vcpu) -> kvm_mmu_page:
         """From the vCPU's zeroed memory caches: cannot fail, no scheduling point."""
-        n = len(objects_of(kvm_mmu_page)) + 1
-        return kzalloc(kvm_mmu_page, name=f"root{n}")
+        return kzalloc(kvm_mmu_page)
 
-    def tdp_mmu_init_sp(self, sp: kvm_mmu_page, role: kvm_mmu_page_role) -> None:
-        sp.role.word = role.word
+    def tdp_mmu_init_sp(self, sp: kvm_mmu_page, gfn: int, role: RoleWord) -> None:
+        sp.role.word = role
+        sp.gfn = gfn
         sp.tdp_mmu_page = True
+
+    def tdp_mmu_init_child_sp(self, child_sp: kvm_mmu_page, it: TdpIter) -> None:
+        parent_sp = it.pt_path[it.level - 1]
+        level, *rest = parent_sp.role.word
+        set_name(child_sp, next_name(kvm_mmu_page, "pt"))
+        self.tdp_mmu_init_sp(child_sp, it.gfn, (level - 1, *rest))
+
+    def tdp_mmu_free_sp(self, sp: kvm_mmu_page) -> None:
+        """Immediate free: only for a table that was never made visible."""
+        kfree(sp)
 
     def tdp_mmu_free_sp_rcu_callback(self, sp: kvm_mmu_page) -> None:
         """RCU callback: frees the page table and the header. Nothing else."""
         kfree(sp)
+
+    def tdp_mmu_max_gfn_exclusive(self) -> int:
+        """The guest physical address space the walks cover (``--gfns``)."""
+        return self.max_gfn
+
+    max_gfn = 2
 
     def kvm_tdp_mmu_get_root(self, root: kvm_mmu_page) -> Generator[Op, int, bool]:
         return (yield from refcount_inc_not_zero(root.tdp_mmu_root_count))
@@ -193,7 +254,8 @@ class TdpMmu:
         """tdp_mmu_alloc_sp() + tdp_mmu_init_sp() + refcount_set(): a root not yet
         published (the same three lines in every version)."""
         root = self.tdp_mmu_alloc_sp(vcpu)
-        self.tdp_mmu_init_sp(root, role)
+        set_name(root, next_name(kvm_mmu_page, "root"))
+        self.tdp_mmu_init_sp(root, 0, role.word)
         # One reference for the vCPU, one for the TDP MMU itself; the latter is put
         # by kvm_tdp_mmu_zap_invalidated_roots() after the root is invalidated.
         yield from refcount_set(root.tdp_mmu_root_count, self.ROOT_INITIAL_REFS)
@@ -251,27 +313,29 @@ class TdpMmu:
         self.kvm_lockdep_assert_mmu_lock_held(kvm, shared)
         yield from rcu_read_lock()
         for level in self.ZAP_ROOT_LEVELS:
-            yield from self._tdp_mmu_zap_root(kvm, root, shared, level)
+            # 0 is root->role.level; the model's roots sit at level 2, so the 1G pass
+            # of a real 4-level root is the pass over the root's own entries here.
+            yield from self._tdp_mmu_zap_root(kvm, root, shared, min(level or 99, root.role.level))
         yield from rcu_read_unlock()
 
     def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int) -> Steps:
-        """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes).
-
-        Abstract SPTEs: leaf entries are zapped by the 4K pass (or the first pass if
-        there is no 4K pass); each entry visited is a tdp_mmu_iter_cond_resched point."""
-        if zap_level != self.ZAP_ROOT_LEVELS[0]:
-            return
-        for gfn in sorted(root.sptes):
-            yield from self.tdp_mmu_iter_cond_resched(kvm, shared)
-            yield from self.tdp_mmu_zap_spte_atomic(kvm, root, gfn)
-
-    @inline
-    def tdp_mmu_zap_spte_atomic(self, kvm: Kvm, root: kvm_mmu_page, gfn: int) -> Steps:
-        yield Op("tdp_mmu_set_spte_atomic", f"{root!r} gfn {gfn}", "SHADOW_NONPRESENT_VALUE")
-        if gfn not in root.sptes:
-            return  # another zapper won the cmpxchg
-        root.sptes = root.sptes - {gfn}
-        self.check_no_guest_on_zapped_root(kvm, root)
+        """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes)."""
+        end = self.tdp_mmu_max_gfn_exclusive()
+        it = tdp_iter_start(root, zap_level, 0)
+        while tdp_iter_valid(it, end):
+            # retry:
+            it = yield from self.tdp_mmu_iter_cond_resched(kvm, it, False, shared)
+            if it.yielded or not is_shadow_present_pte(it.old_spte) or it.level > zap_level:
+                it = tdp_iter_next(it)
+                continue
+            if not shared:
+                it = yield from self.tdp_mmu_iter_set_spte(kvm, it, SHADOW_NONPRESENT_VALUE)
+            else:
+                r, it = yield from self.tdp_mmu_set_spte_atomic(kvm, it, SHADOW_NONPRESENT_VALUE)
+                if r:
+                    continue  # goto retry, with the fresh old_spte
+                self.check_no_guest_on_zapped_root(kvm, root)
+            it = tdp_iter_next(it)
 
     @inline
     def check_no_guest_on_zapped_root(self, kvm: Kvm, root: kvm_mmu_page) -> None:
@@ -287,16 +351,128 @@ class TdpMmu:
                     "runs the guest on it",
                 )
 
-    def tdp_mmu_iter_cond_resched(self, kvm: Kvm, shared: bool) -> Generator[Op, int, bool]:
+    def tdp_mmu_iter_cond_resched(
+        self, kvm: Kvm, it: TdpIter, flush: bool, shared: bool
+    ) -> Generator[Op, int, TdpIter]:
+        """Returns the iterator, ``yielded`` set if the lock was dropped: the walk then
+        restarts from the root, since the tables on its path may be gone."""
+        WARN_ON_ONCE(it.yielded, "iter->yielded")
+        # Ensure forward progress: never yield twice at the same gfn.
+        if it.next_last_level_gfn == it.yielded_gfn:
+            return it
         if not (yield from need_resched()):
-            return False
+            return it
+        if flush:
+            world().note("kvm_flush_remote_tlbs()")
         yield from rcu_read_unlock()
         if shared:
             yield from cond_resched_rwlock_read(kvm.mmu_lock, resched=True)
         else:
             yield from cond_resched_rwlock_write(kvm.mmu_lock, resched=True)
         yield from rcu_read_lock()
-        return True
+        WARN_ON_ONCE(it.gfn > it.next_last_level_gfn, "iter->gfn > iter->next_last_level_gfn")
+        return it._replace(yielded=True)
+
+    # -- SPTE changes (tdp_mmu.c: handle_changed_spte and its callers) -------------------
+    def tdp_mmu_set_spte_atomic(
+        self, kvm: Kvm, it: TdpIter, new_spte: object
+    ) -> Generator[Op, int, tuple[int, TdpIter]]:
+        """Under mmu_lock held for read: cmpxchg, and on failure return -EBUSY with the
+        iterator's ``old_spte`` refreshed, so the caller retries on fresh data."""
+        lockdep_assert_held_read(kvm.mmu_lock)
+        WARN_ON_ONCE(it.yielded or is_removed_spte(it.old_spte),
+                     "iter->yielded || is_removed_spte(iter->old_spte)")
+        table, index = it.sptep
+        yield Op("try_cmpxchg64", f"{table!r}[{index}]", f"{it.old_spte!r} -> {new_spte!r}")
+        current = table.spt[index]
+        if current != it.old_spte:
+            world().note(f"fails: now {current!r}")
+            return -EBUSY, it._replace(old_spte=current)
+        self._write_spte(table, index, new_spte)
+        yield from self.handle_changed_spte(kvm, it.gfn, it.old_spte, new_spte, it.level, True)
+        return 0, it
+
+    def tdp_mmu_iter_set_spte(self, kvm: Kvm, it: TdpIter, new_spte: object) -> Generator[Op, int, TdpIter]:
+        """``tdp_mmu_iter_set_spte`` + ``tdp_mmu_set_spte``: mmu_lock held for write, so
+        a plain write; no other thread can touch the SPTE."""
+        WARN_ON_ONCE(it.yielded, "iter->yielded")
+        lockdep_assert_held_write(kvm.mmu_lock)
+        WARN_ON_ONCE(is_removed_spte(it.old_spte) or is_removed_spte(new_spte),
+                     "is_removed_spte(old_spte) || is_removed_spte(new_spte)")
+        table, index = it.sptep
+        old_spte = table.spt[index]
+        self._write_spte(table, index, new_spte)
+        yield from self.handle_changed_spte(kvm, it.gfn, old_spte, new_spte, it.level, False)
+        return it._replace(old_spte=new_spte)
+
+    @staticmethod
+    def _write_spte(table: kvm_mmu_page, index: int, spte: object) -> None:
+        spt = list(table.spt)
+        spt[index] = spte
+        table.spt = tuple(spt)
+
+    def handle_changed_spte(self, kvm: Kvm, gfn: int, old_spte: object, new_spte: object,
+                            level: int, shared: bool) -> Steps:
+        """Bookkeeping after an SPTE changed: free the tables under a removed non-leaf
+        SPTE, write the accessed bit of a removed leaf back to its page."""
+        was_present = is_shadow_present_pte(old_spte)
+        is_present = is_shadow_present_pte(new_spte)
+        was_leaf = was_present and is_last_spte(old_spte, level)
+        is_leaf = is_present and is_last_spte(new_spte, level)
+        pfn_changed = not (was_present and is_present and old_spte.pfn == new_spte.pfn)  # type: ignore[attr-defined]
+        if was_leaf and is_leaf and pfn_changed:
+            BUG(f"Invalid SPTE change: cannot replace a present leaf SPTE with another "
+                f"present leaf SPTE mapping a different PFN! gfn {gfn}: {old_spte!r} -> {new_spte!r}")
+            return
+        if old_spte == new_spte or (not was_present and not is_present):
+            return
+        if was_present and not was_leaf and (is_leaf or pfn_changed):
+            child = spte_to_child_pt(old_spte, level)
+            assert isinstance(child, kvm_mmu_page)
+            yield from self.handle_removed_pt(kvm, child, shared)
+        if was_leaf and pfn_changed:
+            # Guest pages are always accessed in the model: the A/D write-back.
+            assert isinstance(old_spte, Spte)
+            mark_page_accessed(old_spte.pfn)  # type: ignore[arg-type]
+
+    def handle_removed_pt(self, kvm: Kvm, sp: kvm_mmu_page, shared: bool) -> Steps:
+        """A non-leaf SPTE was removed: freeze every entry of the unreachable child
+        table with REMOVED_SPTE (so a walker still in it backs off), handle each old
+        entry, and free the table after a grace period (walkers hold rcu_read_lock)."""
+        level = sp.role.level
+        base_gfn = sp.gfn
+        self.tdp_mmu_unlink_sp(kvm, sp, shared)
+        for i in range(SPTE_ENT_PER_PAGE):
+            gfn = base_gfn + i * KVM_PAGES_PER_HPAGE(level)
+            if shared:
+                while True:  # another thread may have frozen it: wait
+                    yield Op("xchg", f"{sp!r}[{i}]", REMOVED_SPTE)
+                    old_spte = sp.spt[i]
+                    self._write_spte(sp, i, REMOVED_SPTE)
+                    if not is_removed_spte(old_spte):
+                        break
+            else:
+                old_spte = sp.spt[i]
+                if not is_shadow_present_pte(old_spte):
+                    continue
+                self._write_spte(sp, i, REMOVED_SPTE)
+            yield from self.handle_changed_spte(kvm, gfn, old_spte, REMOVED_SPTE, level, shared)
+        yield from call_rcu(sp, self.tdp_mmu_free_sp_rcu_callback)
+
+    def tdp_mmu_unlink_sp(self, kvm: Kvm, sp: kvm_mmu_page, shared: bool) -> None:
+        kvm.arch.tdp_mmu_pages -= 1  # tdp_unaccount_mmu_page(); no NX huge pages here
+
+    def tdp_mmu_link_sp(self, kvm: Kvm, it: TdpIter, sp: kvm_mmu_page,
+                        shared: bool) -> Generator[Op, int, tuple[int, TdpIter]]:
+        spte = make_nonleaf_spte(sp)
+        if shared:
+            r, it = yield from self.tdp_mmu_set_spte_atomic(kvm, it, spte)
+            if r:
+                return r, it
+        else:
+            it = yield from self.tdp_mmu_iter_set_spte(kvm, it, spte)
+        kvm.arch.tdp_mmu_pages += 1  # tdp_account_mmu_page()
+        return 0, it
 
     def kvm_lockdep_assert_mmu_lock_held(self, kvm: Kvm, shared: bool) -> None:
         if shared:
@@ -312,22 +488,103 @@ class TdpMmu:
             yield from self.tdp_mmu_zap_root(kvm, root, False)
             root = yield from self.tdp_mmu_next_root(kvm, root, False)
 
-    # -- page faults (notes §4.11), abstract SPTEs ----------------------------------------
-    def kvm_tdp_mmu_map(self, vcpu: kvm_vcpu, gfn: int) -> Generator[Op, int, int]:
-        root = vcpu.arch.mmu.root.hpa
+    # -- page faults (notes §4.11) ---------------------------------------------------------
+    def kvm_tdp_mmu_map(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> Generator[Op, int, int]:
+        """Install the translation for ``fault.gfn``: walk from the vCPU's root, link
+        missing tables, set the leaf. Every install is a cmpxchg that can lose a race;
+        the fault then returns RET_PF_RETRY and the guest faults again. Never yields."""
+        kvm = vcpu.kvm
+        ret = RET_PF_RETRY
         yield from rcu_read_lock()
-        yield Op("tdp_mmu_set_spte_atomic", f"{root!r} gfn {gfn}", "leaf")
+        root = vcpu.arch.mmu.root.hpa
+        it = tdp_iter_start(root, PG_LEVEL_4K, fault.gfn)  # tdp_mmu_for_each_pte
+        while tdp_iter_valid(it, fault.gfn + 1):
+            if is_removed_spte(it.old_spte):
+                break  # frozen by another thread: goto retry
+            if it.level == fault.goal_level:
+                ret = yield from self.tdp_mmu_map_handle_target_level(vcpu, fault, it)
+                break  # map_target_level
+            if is_shadow_present_pte(it.old_spte):
+                it = tdp_iter_next(it)  # step down into the existing table
+                continue
+            sp = self.tdp_mmu_alloc_sp(vcpu)
+            self.tdp_mmu_init_child_sp(sp, it)
+            r, it = yield from self.tdp_mmu_link_sp(kvm, it, sp, True)
+            if r:
+                self.tdp_mmu_free_sp(sp)
+                break  # goto retry
+            self.check_spte_in_valid_root(vcpu, root, fault.gfn)
+            it = tdp_iter_next(it)
+        else:
+            WARN_ON_ONCE(it.level == fault.goal_level, "iter.level == fault->goal_level")
+        yield from rcu_read_unlock()
+        return ret
+
+    def tdp_mmu_map_handle_target_level(self, vcpu: kvm_vcpu, fault: kvm_page_fault,
+                                        it: TdpIter) -> Generator[Op, int, int]:
+        sp = it.pt_path[it.level - 1]
+        if WARN_ON_ONCE(sp.role.level != fault.goal_level, "sp->role.level != fault->goal_level"):
+            return RET_PF_RETRY
+        new_spte = make_spte(fault.pfn)  # type: ignore[arg-type]
+        if new_spte == it.old_spte:
+            return RET_PF_SPURIOUS
+        r, it = yield from self.tdp_mmu_set_spte_atomic(vcpu.kvm, it, new_spte)
+        if r:
+            return RET_PF_RETRY
+        self.check_spte_in_valid_root(vcpu, it.pt_path[it.root_level - 1], fault.gfn)
+        return RET_PF_FIXED
+
+    @inline
+    def check_spte_in_valid_root(self, vcpu: kvm_vcpu, root: kvm_mmu_page, gfn: int) -> None:
+        """Property: no SPTE is created in an invalid root (its zapper may have passed
+        that gfn already, leaving the SPTE, and the table under it, behind)."""
         if root.role.invalid:
             world().report("spte-in-invalid-root",
                            f"{vcpu!r} installs an SPTE for gfn {gfn} in invalid {root!r}")
-        root.sptes = root.sptes | {gfn}
+
+    # -- mmu_notifier unmap (notes §4.7, §4.9) ------------------------------------------
+    def tdp_mmu_zap_leafs(self, kvm: Kvm, root: kvm_mmu_page, start: int, end: int,
+                          can_yield: bool, flush: bool) -> Generator[Op, int, bool]:
+        end = min(end, self.tdp_mmu_max_gfn_exclusive())
+        lockdep_assert_held_write(kvm.mmu_lock)
+        yield from rcu_read_lock()
+        it = tdp_iter_start(root, PG_LEVEL_4K, start)
+        while tdp_iter_valid(it, end):
+            if can_yield:
+                it = yield from self.tdp_mmu_iter_cond_resched(kvm, it, flush, False)
+                if it.yielded:
+                    flush = False  # flushed before yielding
+                    it = tdp_iter_next(it)
+                    continue
+            if not is_shadow_present_pte(it.old_spte) or not is_last_spte(it.old_spte, it.level):
+                it = tdp_iter_next(it)
+                continue
+            it = yield from self.tdp_mmu_iter_set_spte(kvm, it, SHADOW_NONPRESENT_VALUE)
+            # Zapping SPTEs in invalid roots doesn't require a TLB flush (fcdffe97f80e).
+            if not root.role.invalid:
+                flush = True
+            it = tdp_iter_next(it)
         yield from rcu_read_unlock()
-        return 0
+        return flush
+
+    def kvm_tdp_mmu_unmap_gfn_range(self, kvm: Kvm, as_id: int, start: int, end: int,
+                                    may_block: bool, flush: bool) -> Generator[Op, int, bool]:
+        """Invalid roots too: their zapper may still be on its way (B04, d62007edf01f)."""
+        root = yield from self.tdp_mmu_next_root(kvm, None, self.UNMAP_ONLY_VALID)
+        while root is not None:
+            lockdep_assert_held(kvm.mmu_lock)
+            if kvm_mmu_page_as_id(root) == as_id:
+                flush = yield from self.tdp_mmu_zap_leafs(kvm, root, start, end, may_block, flush)
+            root = yield from self.tdp_mmu_next_root(kvm, root, self.UNMAP_ONLY_VALID)
+        return flush
+
+    UNMAP_ONLY_VALID = False
 
     # -- VM teardown (notes §4.12) --------------------------------------------------------
     def kvm_mmu_uninit_tdp_mmu(self, kvm: Kvm) -> Steps:
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+        WARN_ON(kvm.arch.tdp_mmu_pages, "atomic64_read(&kvm->arch.tdp_mmu_pages)")
         WARN_ON(not list_empty(kvm.arch.tdp_mmu_roots), "!list_empty(&kvm->arch.tdp_mmu_roots)")
         yield from rcu_barrier()
 

@@ -7,13 +7,14 @@ from collections.abc import Generator, Sequence
 
 from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.atomic import WRITE_ONCE
-from tdpmmu.kernel.memory import objects_of
+from tdpmmu.kernel.page import put_page, set_pte
 from tdpmmu.kernel.requests import (
     IN_GUEST_MODE,
     OUTSIDE_GUEST_MODE,
     kvm_check_request,
     kvm_request_pending,
 )
+from tdpmmu.kernel.rwlock import write_lock, write_unlock
 from tdpmmu.kernel.spinlock import mutex_lock, mutex_unlock
 from tdpmmu.kernel.wait import wait_event
 from tdpmmu.kvm.mmu import Mmu
@@ -24,6 +25,7 @@ from tdpmmu.kvm.structs import (
     kvm_mmu_page,
     kvm_vcpu,
 )
+from tdpmmu.kvm.tdp_mmu import live_roots, root_leaves
 
 Steps = Generator[Op, int, None]
 
@@ -100,14 +102,81 @@ class X86(Mmu):
         yield from self.kvm_put_kvm(kvm)  # the VMM drops its VM fd
 
     @inline
-    @inline
     def check_fast_zap_complete(self, kvm: Kvm) -> None:
         """Property: when kvm_mmu_zap_all_fast() returns, no invalid root maps anything
         (after the memslot is gone, mmu_notifiers could no longer find those SPTEs)."""
-        for obj in objects_of(kvm_mmu_page, live_only=True):
-            if obj.role.invalid and obj.sptes:
+        for root in live_roots():
+            if root.role.invalid and any(root_leaves(root)):
                 world().report("fast-zap-incomplete",
-                         f"kvm_mmu_zap_all_fast() returned with SPTEs left in invalid {obj!r}")
+                               f"kvm_mmu_zap_all_fast() returned with SPTEs left in invalid {root!r}")
+
+    # -- mmu_notifier (virt/kvm/kvm_main.c) and the mm that drives it ---------------------
+    def kvm_mmu_notifier_invalidate_range_start(self, kvm: Kvm, start: int, end: int) -> Steps:
+        """``__kvm_handle_hva_range()`` with on_lock = kvm_mmu_invalidate_begin and
+        handler = kvm_mmu_unmap_gfn_range; one memslot (as_id 0) covers the range."""
+        yield from write_lock(kvm.mmu_lock)  # KVM_MMU_LOCK()
+        self.kvm_mmu_invalidate_begin(kvm)
+        flush = yield from self.kvm_mmu_unmap_gfn_range(kvm, 0, start, end, True)
+        if flush:
+            world().note("kvm_flush_remote_tlbs()")
+        self.check_unmap_complete(kvm, start, end)
+        yield from write_unlock(kvm.mmu_lock)
+
+    def kvm_mmu_notifier_invalidate_range_end(self, kvm: Kvm, start: int, end: int) -> Steps:
+        yield from write_lock(kvm.mmu_lock)
+        self.kvm_mmu_invalidate_end(kvm)
+        yield from write_unlock(kvm.mmu_lock)
+
+    def kvm_mmu_invalidate_begin(self, kvm: Kvm) -> None:
+        kvm.mmu_invalidate_in_progress += 1
+        if kvm.mmu_invalidate_in_progress == 1:
+            kvm.mmu_invalidate_range_start = None  # INVALID_GPA
+            kvm.mmu_invalidate_range_end = None
+
+    def kvm_mmu_invalidate_range_add(self, kvm: Kvm, start: int, end: int) -> None:
+        if kvm.mmu_invalidate_range_start is None:
+            kvm.mmu_invalidate_range_start, kvm.mmu_invalidate_range_end = start, end
+        else:
+            kvm.mmu_invalidate_range_start = min(kvm.mmu_invalidate_range_start, start)
+            kvm.mmu_invalidate_range_end = max(kvm.mmu_invalidate_range_end, end)
+
+    def kvm_mmu_unmap_gfn_range(self, kvm: Kvm, as_id: int, start: int, end: int,
+                                may_block: bool) -> Generator[Op, int, bool]:
+        self.kvm_mmu_invalidate_range_add(kvm, start, end)
+        return (yield from self.kvm_unmap_gfn_range(kvm, as_id, start, end, may_block))
+
+    def kvm_mmu_invalidate_end(self, kvm: Kvm) -> None:
+        # The new sequence is visible before in_progress drops (smp_wmb()).
+        kvm.mmu_invalidate_seq += 1
+        kvm.mmu_invalidate_in_progress -= 1
+
+    @inline
+    def check_unmap_complete(self, kvm: Kvm, start: int, end: int) -> None:
+        """Property: when the unmap for [start, end) returns, no root, valid or
+        invalid, maps a gfn in the range: the mm frees the pages next."""
+        for root in live_roots():
+            for gfn, _sp, _spte in root_leaves(root):
+                if start <= gfn < end:
+                    world().report("notifier-incomplete",
+                                   f"unmap of gfns [{start}, {end}) returned with gfn {gfn} "
+                                   f"still mapped by {root!r}")
+                    return
+
+    def mm_unmap_range(self, kvm: Kvm, start: int, end: int) -> Steps:
+        """The VMM's munmap()/MADV_DONTNEED of guest memory (mm/memory.c): notifier
+        start, clear the PTEs and drop the mm's page references, notifier end."""
+        mm = kvm.mm
+        yield from self.kvm_mmu_notifier_invalidate_range_start(kvm, start, end)
+        for addr in range(start, end):
+            yield Op("zap_pte_range", f"{mm!r} hva {addr}")
+            p = mm.pte[addr]
+            if p is None:
+                continue
+            set_pte(mm, addr, None)
+            if (yield from put_page(p)):
+                self.check_page_unmapped(kvm, p)
+        yield from self.kvm_mmu_notifier_invalidate_range_end(kvm, start, end)
+        yield from self.kvm_put_kvm(kvm)  # the VMM closes its VM fd
 
     # -- VM lifetime (notes §6.2) -------------------------------------------------------------
     def kvm_put_kvm(self, kvm: Kvm) -> Steps:

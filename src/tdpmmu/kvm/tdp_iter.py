@@ -47,7 +47,7 @@ def kvm_tdp_mmu_read_spte(sptep: SptePtr) -> object:
     return table.spt[index]
 
 
-def _refresh_sptep(it: TdpIter) -> TdpIter:
+def tdp_iter_refresh_sptep(it: TdpIter) -> TdpIter:
     return it._replace(old_spte=kvm_tdp_mmu_read_spte(it.sptep))
 
 
@@ -56,7 +56,7 @@ def tdp_iter_restart(it: TdpIter) -> TdpIter:
     on the old path may be gone)."""
     it = it._replace(yielded=False, yielded_gfn=it.next_last_level_gfn, level=it.root_level,
                      gfn=round_gfn_for_level(it.next_last_level_gfn, it.root_level), valid=True)
-    return _refresh_sptep(it)
+    return tdp_iter_refresh_sptep(it)
 
 
 def tdp_iter_start(root: Any, min_level: int, next_last_level_gfn: int) -> TdpIter:
@@ -69,7 +69,7 @@ def tdp_iter_start(root: Any, min_level: int, next_last_level_gfn: int) -> TdpIt
     return tdp_iter_restart(it)
 
 
-def _try_step_down(it: TdpIter) -> TdpIter | None:
+def try_step_down(it: TdpIter) -> TdpIter | None:
     if it.level == it.min_level:
         return None
     # Re-read: the SPTE may have changed since the iterator read it.
@@ -81,34 +81,34 @@ def _try_step_down(it: TdpIter) -> TdpIter | None:
     path[level - 1] = child
     it = it._replace(level=level, pt_path=tuple(path),
                      gfn=round_gfn_for_level(it.next_last_level_gfn, level))
-    return _refresh_sptep(it)
+    return tdp_iter_refresh_sptep(it)
 
 
-def _try_step_side(it: TdpIter) -> TdpIter | None:
+def try_step_side(it: TdpIter) -> TdpIter | None:
     if SPTE_INDEX(it.gfn, it.level) == SPTE_ENT_PER_PAGE - 1:
         return None
     gfn = it.gfn + KVM_PAGES_PER_HPAGE(it.level)
-    return _refresh_sptep(it._replace(gfn=gfn, next_last_level_gfn=gfn))
+    return tdp_iter_refresh_sptep(it._replace(gfn=gfn, next_last_level_gfn=gfn))
 
 
-def _try_step_up(it: TdpIter) -> TdpIter | None:
+def try_step_up(it: TdpIter) -> TdpIter | None:
     if it.level == it.root_level:
         return None
     level = it.level + 1
-    return _refresh_sptep(it._replace(level=level, gfn=round_gfn_for_level(it.gfn, level)))
+    return tdp_iter_refresh_sptep(it._replace(level=level, gfn=round_gfn_for_level(it.gfn, level)))
 
 
 def tdp_iter_next(it: TdpIter) -> TdpIter:
     if it.yielded:
         return tdp_iter_restart(it)
-    down = _try_step_down(it)
+    down = try_step_down(it)
     if down is not None:
         return down
     while True:
-        side = _try_step_side(it)
+        side = try_step_side(it)
         if side is not None:
             return side
-        up = _try_step_up(it)
+        up = try_step_up(it)
         if up is None:
             return it._replace(valid=False)
         it = up

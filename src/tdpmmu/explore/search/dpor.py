@@ -1,0 +1,457 @@
+"""Dynamic partial-order reduction (DPOR) with sleep sets, stateless or with the cache.
+
+Flanagan and Godefroid's DPOR (POPL 2005) with sleep sets, with the race check of
+source-DPOR (Abdulla et al., POPL 2014) for executed steps: why this combination, and
+the soundness argument, are in docs/design.md ("Partial-order reduction").
+
+A step's footprint is what it read and wrote, as bit sets over cells (one bit per cell,
+numbered as cells are first met): the guard it passed, its body, and the invariant check
+that runs after it (so that a step that changes what ``check_state`` sees is ordered
+against every step that does too). A thread that ends writes a pseudo-cell of its own,
+which every daemon step reads: the end of the last non-daemon thread ends the
+execution, i.e. disables the daemons. Two steps of different threads are dependent iff
+one writes a cell the other reads or writes.
+"""
+
+from __future__ import annotations
+
+from tdpmmu.explore.execution import Execution, Schedule, Snapshot
+from tdpmmu.explore.runtime import MEMBER_WRITE, READ, WRITE, Key, Violation, set_world
+from tdpmmu.explore.search.base import Search
+
+# (read, written, member-written) as bit sets. Every cell has two bits: `m`, read and
+# written as a whole, and `e`, read when only a member of it is (World.get_member);
+# a whole write sets both. A member write sets `u` on `m` (and writes the member's
+# own cell): it conflicts with whole reads and writes, not with other member writes.
+Footprint = tuple[int, int, int]
+Clock = tuple[int, ...]  # vector clock: per thread, how many of its steps happen before
+
+NO_CYCLE = 1 << 30
+
+
+class _Restart(Exception):
+    """The invariant check read a field no step was treated as visible for."""
+
+
+class _Node:
+    """A state on the current path and what DPOR knows about it."""
+
+    __slots__ = ("backtrack", "choices", "cur", "cur_fp", "cycle", "enabled", "fp", "guards",
+                 "sleep", "sleep0", "snap", "summary", "tvc")
+
+    def __init__(self, enabled: dict[int, int], guards: list[int], sleep: dict[int, Footprint],
+                 tvc: tuple[Clock, ...], snap: Snapshot | None, fp: int, nthreads: int) -> None:
+        self.enabled = enabled  # tid -> number of branches of its next step
+        self.guards = guards  # tid -> cells its pending guard read (0: none)
+        self.backtrack: set[int] = set()
+        self.sleep = sleep  # threads not to run here, with their next step's footprint
+        self.sleep0 = frozenset(sleep)  # the sleep set the state was reached with (cache)
+        self.tvc = tvc  # each thread's vector clock after its last step on the path
+        self.snap = snap
+        self.fp = fp
+        self.cur = -1  # thread being explored from here
+        self.choices: list[int] = []  # its branches still to run
+        self.cur_fp: Footprint = (0, 0, 0)  # union of the footprints of its branches so far
+        # Cache only: per thread (3t..3t+2: its footprint's three parts) every access in
+        # the explored subtree, and the shallowest path depth a cycle in it returned to.
+        self.summary = [0] * (3 * nthreads)
+        self.cycle = NO_CYCLE
+
+
+def _conflict(r: int, w: int, u: int, r2: int, w2: int, u2: int) -> int:
+    return w & (r2 | w2 | u2) | w2 & (r | u) | u & r2 | r & u2
+
+
+def _independent(a: Footprint, b: Footprint) -> bool:
+    return not _conflict(*a, *b)
+
+
+class Dpor(Search):
+    """``cache=False``: stateless DPOR, every execution run to its end (always sound).
+    ``cache=True``: a state seen before is not expanded again, if its explored subtree's
+    accesses are raced against the current path and it was explored with a sleep set no
+    larger than now (docs/design.md)."""
+
+    def __init__(self, *args: object, cache: bool = True, all_independent: bool = False,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cache = cache
+        # Test-only: declare every pair of steps independent, an unsound reduction the
+        # cross-check tests must catch.
+        self.all_independent = all_independent
+        self._bit: dict[Key, int] = {}
+        # The current path's steps: thread, footprint, vector clock.
+        self._tid: list[int] = []
+        self._r: list[int] = []
+        self._w: list[int] = []
+        self._u: list[int] = []
+        self._vc: list[Clock] = []
+        self._stack: list[_Node] = []
+        self.sleep_blocked = 0  # executions cut because every enabled thread slept
+        self._ends = 0  # the pseudo-cells of every non-daemon thread's end
+        # Visibility (docs/design.md): fields the invariant check reads, the cells with
+        # those fields met so far, and the pseudo-cell every visible step writes.
+        self._vis_fields: set[str] = set()
+        self._vis = 0
+        self._vis_step = 0
+        self.restarts = 0  # searches started again because the check read a new field
+        self._leaf_summary: list[int] = []  # what the last state without successors raced
+
+    # -- footprints -------------------------------------------------------------------
+    def _bits(self, accesses: list[tuple[Key, int]]) -> Footprint:
+        if self.all_independent:
+            return 0, 0, 0
+        bit = self._bit
+        r = w = u = 0
+        for key, kind in accesses:
+            b = bit.get(key)
+            if b is None:
+                b = bit[key] = 1 << (2 * len(bit))
+                if key[1] in self._vis_fields:
+                    self._vis |= b
+            if kind == READ:
+                r |= b
+            elif kind == WRITE:
+                w |= b | b << 1
+            elif kind == MEMBER_WRITE:
+                u |= b
+            else:
+                r |= b << 1
+        return r, w, u
+
+    def _scan(self, ex: Execution) -> tuple[dict[int, int], list[int]]:
+        """Enabled threads and, for every thread with a pending step, the cells its
+        guard reads (a daemon's also reads every non-daemon thread's end)."""
+        w = ex.world
+        set_world(w)
+        enabled: dict[int, int] = {}
+        guards = [0] * len(ex.threads)
+        for tid, t in enumerate(ex.threads):
+            op = t.pending
+            if op is None:
+                continue
+            g = op.guard
+            if g is None:
+                ok = True
+            else:
+                acc: list[tuple[Key, int]] = []
+                w.accesses = acc
+                try:
+                    ok = g()
+                finally:
+                    w.accesses = None
+                guards[tid] = self._bits(acc)[0]
+            if t.daemon:
+                guards[tid] |= self._ends
+            if ok:
+                enabled[tid] = op.choices
+        return enabled, guards
+
+    # -- races --------------------------------------------------------------------------
+    def _add_backtrack(self, i: int, p: int) -> None:
+        """Make sure the state before step ``i`` also tries ``p``'s step first, or, if
+        ``p`` cannot run there, every thread that can (Flanagan-Godefroid)."""
+        node = self._stack[i]
+        if p in node.enabled:
+            node.backtrack.add(p)
+        else:
+            node.backtrack.update(node.enabled)
+
+    def _step_races(self, p: int, r: int, w: int, u: int, prev: Clock) -> Clock:
+        """Race check of a step of ``p`` just taken after the path's steps: every
+        earlier step of another thread that it depends on and that is ordered before it
+        by nothing else (no intermediate dependence, source-DPOR's race) gets a
+        backtrack point. Returns the step's vector clock."""
+        tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
+        covered = list(prev)  # join of the clocks of p's last step and of later dependent steps
+        for i in range(len(tids) - 1, -1, -1):
+            q = tids[i]
+            if q == p or not _conflict(r, w, u, rs[i], ws[i], us[i]):
+                continue
+            vi = vcs[i]
+            if covered[q] >= vi[q]:
+                continue  # already ordered before p's step through another step
+            self._add_backtrack(i, p)
+            covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
+        covered[p] += 1
+        return tuple(covered)
+
+    def _blocked_races(self, q: int, reads: int, prev: Clock) -> None:
+        """A thread that cannot run (its guard is false, or the execution ended) may be
+        able to run if the last step that wrote what its guard reads had not happened
+        yet: Flanagan-Godefroid's check for a disabled next transition."""
+        tids, ws, us, vcs = self._tid, self._w, self._u, self._vc
+        for i in range(len(tids) - 1, -1, -1):
+            t = tids[i]
+            if t != q and (ws[i] | us[i]) & reads and prev[t] < vcs[i][t]:
+                self._add_backtrack(i, q)
+                return
+
+    def _summary_races(self, summary: tuple[int, ...], tvc: tuple[Clock, ...]) -> None:
+        """A cached state's subtree is not run again: its accesses are treated as steps
+        taken after the path, raced conservatively against every path step."""
+        tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
+        for t in range(len(tvc)):
+            r, w, u = summary[3 * t:3 * t + 3]
+            if not (r | w | u):
+                continue
+            prev = tvc[t]
+            for i in range(len(tids)):
+                q = tids[i]
+                if q != t and prev[q] < vcs[i][q] and _conflict(r, w, u, rs[i], ws[i], us[i]):
+                    self._add_backtrack(i, t)
+
+    # -- the search ---------------------------------------------------------------------
+    def explore(self) -> tuple[Violation, Schedule] | None:
+        while True:
+            ex = self.new_execution()
+            try:
+                return self._dpor(ex)
+            except _Restart:
+                # What was explored assumed too few visible steps: start again (the
+                # counts then describe the last, complete, search).
+                self.restarts += 1
+                self.stats.states = self.stats.executions = self.stats.transitions = 0
+                self.stats.max_depth = self.sleep_blocked = 0
+                self.final_states.clear()
+                self.final_canonical.clear()
+                self._stack.clear()
+                for events in (self._tid, self._r, self._w, self._u, self._vc):
+                    events.clear()
+            finally:
+                self.stats.replayed += ex.rebuilt
+
+    def _learn_visible(self, accesses: list[tuple[Key, int]]) -> bool:
+        """Note the fields the invariant check read; True if one is new."""
+        new = {key[1] for key, _ in accesses} - self._vis_fields
+        if not new:
+            return False
+        self._vis_fields |= new
+        self._vis = 0
+        for key, b in self._bit.items():
+            if key[1] in self._vis_fields:
+                self._vis |= b
+        return True
+
+    def _initial_check(self, ex: Execution) -> Violation | None:
+        """Run the invariant check on the initial state, to learn what it reads."""
+        w = ex.world
+        set_world(w)
+        acc: list[tuple[Key, int]] = []
+        w.accesses = acc
+        try:
+            ex.program.check_state(w)
+        except Exception:  # the first step's check reports it as a model error
+            w.violation = None
+        finally:
+            w.accesses = None
+        self._learn_visible(acc)
+        return w.violation
+
+    def _open(self, ex: Execution, path: Schedule, sleep: dict[int, Footprint],
+              tvc: tuple[Clock, ...], fp: int) -> _Node | tuple[Violation, Schedule] | None:
+        """The node of a newly reached state, or its judgement if it has no successor
+        (a violation, or None for a final or sleep-blocked state)."""
+        n = len(ex.threads)
+        self.stats.states += 1
+        if ex.finished():
+            self._leaf_summary = self._end_check(ex, tvc)
+            return self.end_of_execution(ex, path)
+        enabled, guards = self._scan(ex)
+        if not enabled:
+            return self.end_of_execution(ex, path)
+        node = _Node(enabled, guards, sleep, tvc, None, fp, n)
+        for q, t in enumerate(ex.threads):
+            if t.pending is not None and q not in enabled:
+                self._blocked_races(q, guards[q], tvc[q])
+                node.summary[3 * q] |= guards[q]
+        last = path[-1][0] if path else -1
+        awake = [t for t in enabled if t not in sleep]
+        if not awake:
+            self.stats.executions += 1
+            self.sleep_blocked += 1
+            self._leaf_summary = node.summary
+            return None
+        # Go on with the same thread when it can: fewer context switches, fewer races.
+        node.backtrack.add(last if last in awake else awake[0])
+        node.snap = ex.snapshot()
+        return node
+
+    def _end_check(self, ex: Execution, tvc: tuple[Clock, ...]) -> list[int]:
+        """At the end of an execution, daemons that could still step were disabled by
+        the last thread's end: race their guards. Returns their summary."""
+        _, guards = self._scan(ex)
+        summary = [0] * (3 * len(ex.threads))
+        for q, t in enumerate(ex.threads):
+            if t.daemon and t.pending is not None:
+                self._blocked_races(q, guards[q], tvc[q])
+                summary[3 * q] |= guards[q]
+        return summary
+
+    @staticmethod
+    def _merge(into: list[int], summary: list[int] | tuple[int, ...]) -> None:
+        for k, v in enumerate(summary):
+            if v:
+                into[k] |= v
+
+    def _dpor(self, ex: Execution) -> tuple[Violation, Schedule] | None:
+        stats = self.stats
+        n = len(ex.threads)
+        self._ends = 0
+        alive_bit = [0] * n  # pseudo-cell each non-daemon thread writes when it ends
+        if not self.all_independent:
+            for tid, t in enumerate(ex.threads):
+                if not t.daemon:
+                    alive_bit[tid] = self._bits([((-2, f"end{tid}"), True)])[1]
+                    self._ends |= alive_bit[tid]
+            self._vis_step = self._bits([((-3, "visible"), True)])[1]
+        initial = self._initial_check(ex)
+        if initial is not None:
+            return initial, []
+        cache = self.cache
+        visited: dict[int, tuple[frozenset[int], tuple[int, ...]]] = {}
+        on_path: dict[int, int] = {}
+        fp0 = ex.fingerprint() if cache else 0
+        path: Schedule = []
+        stack = self._stack
+        tvc0 = tuple((0,) * n for _ in range(n))
+        root = self._open(ex, path, {}, tvc0, fp0)
+        if not isinstance(root, _Node):
+            return root
+        stack.append(root)
+        on_path[fp0] = 0
+        live = True  # does `ex` stand at the top of the stack?
+        while stack:
+            self.tick()
+            node = stack[-1]
+            if not node.choices:
+                if node.cur >= 0:  # every branch of cur done: it sleeps from now on
+                    node.sleep[node.cur] = node.cur_fp
+                    node.cur = -1
+                todo = [t for t in node.backtrack if t not in node.sleep]
+                if not todo:
+                    self._pop(visited, on_path)
+                    if path:
+                        path.pop()
+                    live = False
+                    continue
+                node.cur = min(todo)
+                node.choices = list(range(node.enabled[node.cur]))
+                node.cur_fp = (0, 0, 0)
+            p = node.cur
+            tr = (p, node.choices.pop(0))
+            if not live:
+                assert node.snap is not None
+                ex.restore(node.snap)
+            live = False
+            w = ex.world
+            acc: list[tuple[Key, int]] = []
+            w.accesses = acc
+            try:
+                violation = ex.step(tr)
+            finally:
+                w.accesses = None
+            stats.transitions += 1
+            if violation is not None:
+                stats.executions += 1
+                return violation, [*path, tr]
+            check = acc[ex.check_from:]
+            if check and self._learn_visible(check):
+                raise _Restart
+            r, wr, u = self._bits(acc[:ex.check_from])
+            if (wr | u) & self._vis:  # visible steps are ordered among themselves
+                wr |= self._vis_step
+            r |= node.guards[p]
+            if not ex.threads[p].alive:
+                wr |= alive_bit[p]
+            f = node.cur_fp
+            node.cur_fp = (f[0] | r, f[1] | wr, f[2] | u)
+            summary = node.summary
+            summary[3 * p] |= r
+            summary[3 * p + 1] |= wr
+            summary[3 * p + 2] |= u
+            vc = self._step_races(p, r, wr, u, node.tvc[p])
+            tvc = (*node.tvc[:p], vc, *node.tvc[p + 1:])
+            sleep = {q: f for q, f in node.sleep.items() if _independent(f, (r, wr, u))}
+            self._tid.append(p)
+            self._r.append(r)
+            self._w.append(wr)
+            self._u.append(u)
+            self._vc.append(vc)
+            path.append(tr)
+            depth = len(path)
+            fp = 0
+            if cache:
+                fp = ex.fingerprint()
+                seen_at = on_path.get(fp)
+                if seen_at is not None:
+                    found = self._cycle(ex, path, seen_at)
+                    if found is not None:
+                        return found
+                    self._drop_step(path)
+                    continue
+                entry = visited.get(fp)
+                if entry is not None and entry[0] <= sleep.keys():
+                    stats.executions += 1
+                    self._summary_races(entry[1], tvc)
+                    self._merge(node.summary, entry[1])
+                    self._drop_step(path)
+                    continue
+            child = self._open(ex, path, sleep, tvc, fp)
+            if not isinstance(child, _Node):
+                if child is not None:
+                    return child
+                self._merge(node.summary, self._leaf_summary)
+                if cache:  # a final or sleep-blocked state
+                    visited[fp] = (frozenset(sleep), tuple(self._leaf_summary))
+                self._drop_step(path)
+                continue
+            stack.append(child)
+            if cache:
+                on_path[fp] = depth
+            live = True
+            if depth > stats.max_depth:
+                stats.max_depth = depth
+        return None
+
+    def _drop_step(self, path: Schedule) -> None:
+        path.pop()
+        self._tid.pop()
+        self._r.pop()
+        self._w.pop()
+        self._u.pop()
+        self._vc.pop()
+
+    def _pop(self, visited: dict[int, tuple[frozenset[int], tuple[int, ...]]],
+             on_path: dict[int, int]) -> None:
+        """A state is fully explored: cache it with its subtree's accesses (unless a
+        cycle in its subtree returned above it: then its summary is incomplete)."""
+        stack = self._stack
+        node = stack.pop()
+        depth = len(stack)
+        if self.cache:
+            del on_path[node.fp]
+            if node.cycle >= depth:
+                visited[node.fp] = (node.sleep0, tuple(node.summary))
+        if stack:
+            parent = stack[-1]
+            self._merge(parent.summary, node.summary)
+            parent.cycle = min(parent.cycle, node.cycle)
+            self._tid.pop()
+            self._r.pop()
+            self._w.pop()
+            self._u.pop()
+            self._vc.pop()
+
+    def _cycle(self, ex: Execution, path: Schedule, seen_at: int) -> tuple[Violation, Schedule] | None:
+        """The step returned to a state on the path. A fair cycle is a livelock; any
+        cycle makes the states on it explore every enabled thread (its continuation is
+        the state's own unfinished subtree, whose races are not known yet)."""
+        self.stats.executions += 1
+        stack = self._stack
+        if self.fair_cycle([set(nd.enabled) for nd in stack[seen_at:]], path[seen_at:]):
+            return self.livelock(ex, path[-1][0], len(path), seen_at), list(path)
+        for nd in stack[seen_at:]:
+            nd.backtrack.update(nd.enabled)
+        stack[-1].cycle = min(stack[-1].cycle, seen_at)
+        return None

@@ -16,7 +16,7 @@ one writes a cell the other reads or writes.
 from __future__ import annotations
 
 from tdpmmu.explore.execution import Execution, Schedule, Snapshot
-from tdpmmu.explore.runtime import MEMBER_WRITE, READ, WRITE, Key, Violation, set_world
+from tdpmmu.explore.runtime import LIVE, MEMBER_WRITE, READ, WRITE, Key, Violation, set_world
 from tdpmmu.explore.search.base import Search
 
 # (read, written, member-written) as bit sets. Every cell has two bits: `m`, read and
@@ -33,10 +33,34 @@ class _Restart(Exception):
     """The invariant check read a field no step was treated as visible for."""
 
 
+class _Summary:
+    """What a state's explored subtree did, for racing it against another path to the
+    state when the cache skips it: per thread, the union of its steps' footprints, the
+    cells its guards read where it was blocked (or, for a daemon, ended), and the
+    threads whose next step (at the state) happens before *every* step of it in the
+    subtree (as a bit mask): their earlier steps cannot race with it."""
+
+    __slots__ = ("after", "guards", "steps")
+
+    def __init__(self, nthreads: int) -> None:
+        self.steps = [0] * (3 * nthreads)  # 3t..3t+2: thread t's footprint parts
+        self.guards = [0] * nthreads
+        self.after = [(1 << nthreads) - 1] * nthreads
+
+    def merge(self, other: _Summary) -> None:
+        """Add a successor's subtree (`after` is the node's business: see _Node.first)."""
+        for k, v in enumerate(other.steps):
+            if v:
+                self.steps[k] |= v
+        for k, v in enumerate(other.guards):
+            if v:
+                self.guards[k] |= v
+
+
 class _Node:
     """A state on the current path and what DPOR knows about it."""
 
-    __slots__ = ("backtrack", "choices", "cur", "cur_fp", "cycle", "enabled", "fp", "guards",
+    __slots__ = ("backtrack", "choices", "cur", "cur_fp", "cycle", "enabled", "first", "fp", "guards",
                  "sleep", "sleep0", "snap", "summary", "tvc")
 
     def __init__(self, enabled: dict[int, int], guards: list[int], sleep: dict[int, Footprint],
@@ -52,9 +76,12 @@ class _Node:
         self.cur = -1  # thread being explored from here
         self.choices: list[int] = []  # its branches still to run
         self.cur_fp: Footprint = (0, 0, 0)  # union of the footprints of its branches so far
-        # Cache only: per thread (3t..3t+2: its footprint's three parts) every access in
-        # the explored subtree, and the shallowest path depth a cycle in it returned to.
-        self.summary = [0] * (3 * nthreads)
+        # Cache only: the explored subtree's summary, and the shallowest path depth a
+        # cycle in it returned to.
+        self.summary = _Summary(nthreads)
+        # first[t][q]: a lower bound, over t's steps in the subtree, of how many of q's
+        # steps happen before it (vector clocks of this path), for `after` when it pops.
+        self.first = [[NO_CYCLE] * nthreads for _ in range(nthreads)]
         self.cycle = NO_CYCLE
 
 
@@ -85,6 +112,7 @@ class Dpor(Search):
         self._r: list[int] = []
         self._w: list[int] = []
         self._u: list[int] = []
+        self._everything: list[Footprint] = []  # union of the footprints of the path's steps so far
         self._vc: list[Clock] = []
         self._stack: list[_Node] = []
         self.sleep_blocked = 0  # executions cut because every enabled thread slept
@@ -95,7 +123,8 @@ class Dpor(Search):
         self._vis = 0
         self._vis_step = 0
         self.restarts = 0  # searches started again because the check read a new field
-        self._leaf_summary: list[int] = []  # what the last state without successors raced
+        self.revisits = 0  # states explored again: seen before, but with a smaller sleep set
+        self._leaf_summary = _Summary(0)  # what the last state without successors raced
 
     # -- footprints -------------------------------------------------------------------
     def _bits(self, accesses: list[tuple[Key, int]]) -> Footprint:
@@ -119,13 +148,15 @@ class Dpor(Search):
                 r |= b << 1
         return r, w, u
 
-    def _scan(self, ex: Execution) -> tuple[dict[int, int], list[int]]:
+    def _scan(self, ex: Execution) -> tuple[dict[int, int], list[int], list[int]]:
         """Enabled threads and, for every thread with a pending step, the cells its
-        guard reads (a daemon's also reads every non-daemon thread's end)."""
+        guard reads (a daemon's also reads every non-daemon thread's end), and the
+        first of them, which it reads whatever the values (its head)."""
         w = ex.world
         set_world(w)
         enabled: dict[int, int] = {}
         guards = [0] * len(ex.threads)
+        heads = [0] * len(ex.threads)
         for tid, t in enumerate(ex.threads):
             op = t.pending
             if op is None:
@@ -141,17 +172,22 @@ class Dpor(Search):
                 finally:
                     w.accesses = None
                 guards[tid] = self._bits(acc)[0]
+                first = next((a for a in acc if a[0][1] != LIVE), None)
+                heads[tid] = self._bits([first])[0] if first is not None else 0
             if t.daemon:
                 guards[tid] |= self._ends
+                heads[tid] |= self._ends
             if ok:
                 enabled[tid] = op.choices
-        return enabled, guards
+        return enabled, guards, heads
 
     # -- races --------------------------------------------------------------------------
     def _add_backtrack(self, i: int, p: int) -> None:
         """Make sure the state before step ``i`` also tries ``p``'s step first, or, if
         ``p`` cannot run there, every thread that can (Flanagan-Godefroid)."""
         node = self._stack[i]
+        if len(node.backtrack) == len(node.enabled):
+            return  # already every enabled thread (backtrack sets hold enabled threads only)
         if p in node.enabled:
             node.backtrack.add(p)
         else:
@@ -164,9 +200,13 @@ class Dpor(Search):
         backtrack point. Returns the step's vector clock."""
         tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
         covered = list(prev)  # join of the clocks of p's last step and of later dependent steps
+        ru = r | u
         for i in range(len(tids) - 1, -1, -1):
             q = tids[i]
-            if q == p or not _conflict(r, w, u, rs[i], ws[i], us[i]):
+            if q == p:
+                continue
+            ri, wi, ui = rs[i], ws[i], us[i]
+            if not (w & (ri | wi | ui) or wi & ru or u & ri or r & ui):  # _conflict, inlined
                 continue
             vi = vcs[i]
             if covered[q] >= vi[q]:
@@ -187,19 +227,47 @@ class Dpor(Search):
                 self._add_backtrack(i, q)
                 return
 
-    def _summary_races(self, summary: tuple[int, ...], tvc: tuple[Clock, ...]) -> None:
+    def _summary_races(self, summary: _Summary, tvc: tuple[Clock, ...], heads: list[int]) -> list[Clock]:
         """A cached state's subtree is not run again: its accesses are treated as steps
-        taken after the path, raced conservatively against every path step."""
+        taken after the path and raced against the path's steps, conservatively: every
+        path step that conflicts with a thread's accesses gets a backtrack point, except
+        where the subtree's steps are known to happen after it anyway: through a later
+        path step that writes the cell as a whole; through a later path step that
+        writes the first cell the thread's pending guard reads (its next step, before
+        all its others, reads that cell whatever the values); through a subtree step of
+        the path step's own thread (`after`). A blocked thread's guard counts as a read,
+        raced with every such step that writes it (Flanagan-Godefroid take the last
+        one only). Returns, per thread, a lower bound of the vector clocks of its
+        subtree steps on this path."""
         tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
+        everything = self._everything[-1] if self._everything else (0, 0, 0)
+        bounds = []
         for t in range(len(tvc)):
-            r, w, u = summary[3 * t:3 * t + 3]
-            if not (r | w | u):
-                continue
-            prev = tvc[t]
-            for i in range(len(tids)):
-                q = tids[i]
-                if q != t and prev[q] < vcs[i][q] and _conflict(r, w, u, rs[i], ws[i], us[i]):
-                    self._add_backtrack(i, t)
+            r, w, u = summary.steps[3 * t:3 * t + 3]
+            blocked = summary.guards[t]
+            racing = _conflict(r | blocked, w, u, *everything)
+            covered = list(tvc[t])  # steps known to happen before all of t's subtree steps
+            after = summary.after[t]
+            head = heads[t]
+            if racing or head:
+                ru = r | u
+                killed = 0  # cells a later path step wrote as a whole
+                for i in range(len(tids) - 1, -1, -1):
+                    ri, wi, ui = rs[i], ws[i], us[i]
+                    q = tids[i]
+                    vi = vcs[i]
+                    if q != t and covered[q] < vi[q]:
+                        if racing:
+                            cells = (blocked & (wi | ui)) if after >> q & 1 else \
+                                (w & (ri | wi | ui) | wi & ru | u & ri | (r | blocked) & ui | blocked & wi)
+                            if cells & ~killed:  # (_conflict's cells)
+                                self._add_backtrack(i, t)
+                        if (wi | ui) & head:
+                            covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
+                    killed |= wi
+            bounds.append(tuple(max(c, tvc[q][q] + 1) if after >> q & 1 else c
+                                for q, c in enumerate(covered)))
+        return bounds
 
     # -- the search ---------------------------------------------------------------------
     def explore(self) -> tuple[Violation, Schedule] | None:
@@ -216,8 +284,8 @@ class Dpor(Search):
                 self.final_states.clear()
                 self.final_canonical.clear()
                 self._stack.clear()
-                for events in (self._tid, self._r, self._w, self._u, self._vc):
-                    events.clear()
+                while self._tid:
+                    self._pop_event()
             finally:
                 self.stats.replayed += ex.rebuilt
 
@@ -257,14 +325,14 @@ class Dpor(Search):
         if ex.finished():
             self._leaf_summary = self._end_check(ex, tvc)
             return self.end_of_execution(ex, path)
-        enabled, guards = self._scan(ex)
+        enabled, guards, _ = self._scan(ex)
         if not enabled:
             return self.end_of_execution(ex, path)
         node = _Node(enabled, guards, sleep, tvc, None, fp, n)
         for q, t in enumerate(ex.threads):
             if t.pending is not None and q not in enabled:
                 self._blocked_races(q, guards[q], tvc[q])
-                node.summary[3 * q] |= guards[q]
+                node.summary.guards[q] |= guards[q]
         last = path[-1][0] if path else -1
         awake = [t for t in enabled if t not in sleep]
         if not awake:
@@ -277,22 +345,16 @@ class Dpor(Search):
         node.snap = ex.snapshot()
         return node
 
-    def _end_check(self, ex: Execution, tvc: tuple[Clock, ...]) -> list[int]:
+    def _end_check(self, ex: Execution, tvc: tuple[Clock, ...]) -> _Summary:
         """At the end of an execution, daemons that could still step were disabled by
         the last thread's end: race their guards. Returns their summary."""
-        _, guards = self._scan(ex)
-        summary = [0] * (3 * len(ex.threads))
+        _, guards, _ = self._scan(ex)
+        summary = _Summary(len(ex.threads))
         for q, t in enumerate(ex.threads):
             if t.daemon and t.pending is not None:
                 self._blocked_races(q, guards[q], tvc[q])
-                summary[3 * q] |= guards[q]
+                summary.guards[q] |= guards[q]
         return summary
-
-    @staticmethod
-    def _merge(into: list[int], summary: list[int] | tuple[int, ...]) -> None:
-        for k, v in enumerate(summary):
-            if v:
-                into[k] |= v
 
     def _dpor(self, ex: Execution) -> tuple[Violation, Schedule] | None:
         stats = self.stats
@@ -309,7 +371,7 @@ class Dpor(Search):
         if initial is not None:
             return initial, []
         cache = self.cache
-        visited: dict[int, tuple[frozenset[int], tuple[int, ...]]] = {}
+        visited: dict[int, tuple[frozenset[int], _Summary]] = {}
         on_path: dict[int, int] = {}
         fp0 = ex.fingerprint() if cache else 0
         path: Schedule = []
@@ -366,17 +428,20 @@ class Dpor(Search):
                 wr |= alive_bit[p]
             f = node.cur_fp
             node.cur_fp = (f[0] | r, f[1] | wr, f[2] | u)
-            summary = node.summary
-            summary[3 * p] |= r
-            summary[3 * p + 1] |= wr
-            summary[3 * p + 2] |= u
             vc = self._step_races(p, r, wr, u, node.tvc[p])
+            steps = node.summary.steps
+            steps[3 * p] |= r
+            steps[3 * p + 1] |= wr
+            steps[3 * p + 2] |= u
+            node.first[p] = [min(a, b) for a, b in zip(node.first[p], vc, strict=True)]
             tvc = (*node.tvc[:p], vc, *node.tvc[p + 1:])
             sleep = {q: f for q, f in node.sleep.items() if _independent(f, (r, wr, u))}
             self._tid.append(p)
             self._r.append(r)
             self._w.append(wr)
             self._u.append(u)
+            e = self._everything[-1] if self._everything else (0, 0, 0)
+            self._everything.append((e[0] | r, e[1] | wr, e[2] | u))
             self._vc.append(vc)
             path.append(tr)
             depth = len(path)
@@ -393,17 +458,21 @@ class Dpor(Search):
                 entry = visited.get(fp)
                 if entry is not None and entry[0] <= sleep.keys():
                     stats.executions += 1
-                    self._summary_races(entry[1], tvc)
-                    self._merge(node.summary, entry[1])
+                    bounds = self._summary_races(entry[1], tvc, self._scan(ex)[2])
+                    node.summary.merge(entry[1])
+                    for th, bound in enumerate(bounds):
+                        node.first[th] = [min(a, b) for a, b in zip(node.first[th], bound, strict=True)]
                     self._drop_step(path)
                     continue
+                if entry is not None:
+                    self.revisits += 1
             child = self._open(ex, path, sleep, tvc, fp)
             if not isinstance(child, _Node):
                 if child is not None:
                     return child
-                self._merge(node.summary, self._leaf_summary)
+                node.summary.merge(self._leaf_summary)
                 if cache:  # a final or sleep-blocked state
-                    visited[fp] = (frozenset(sleep), tuple(self._leaf_summary))
+                    visited[fp] = (frozenset(sleep), self._leaf_summary)
                 self._drop_step(path)
                 continue
             stack.append(child)
@@ -416,13 +485,13 @@ class Dpor(Search):
 
     def _drop_step(self, path: Schedule) -> None:
         path.pop()
-        self._tid.pop()
-        self._r.pop()
-        self._w.pop()
-        self._u.pop()
-        self._vc.pop()
+        self._pop_event()
 
-    def _pop(self, visited: dict[int, tuple[frozenset[int], tuple[int, ...]]],
+    def _pop_event(self) -> None:
+        for events in (self._tid, self._r, self._w, self._u, self._everything, self._vc):
+            events.pop()
+
+    def _pop(self, visited: dict[int, tuple[frozenset[int], _Summary]],
              on_path: dict[int, int]) -> None:
         """A state is fully explored: cache it with its subtree's accesses (unless a
         cycle in its subtree returned above it: then its summary is incomplete)."""
@@ -431,17 +500,17 @@ class Dpor(Search):
         depth = len(stack)
         if self.cache:
             del on_path[node.fp]
+            node.summary.after = [sum(1 << q for q, c in enumerate(node.tvc) if first[q] > c[q])
+                                  for first in node.first]
             if node.cycle >= depth:
-                visited[node.fp] = (node.sleep0, tuple(node.summary))
+                visited[node.fp] = (node.sleep0, node.summary)
         if stack:
             parent = stack[-1]
-            self._merge(parent.summary, node.summary)
+            parent.summary.merge(node.summary)
+            for t, first in enumerate(node.first):
+                parent.first[t] = [min(a, b) for a, b in zip(parent.first[t], first, strict=True)]
             parent.cycle = min(parent.cycle, node.cycle)
-            self._tid.pop()
-            self._r.pop()
-            self._w.pop()
-            self._u.pop()
-            self._vc.pop()
+            self._pop_event()
 
     def _cycle(self, ex: Execution, path: Schedule, seen_at: int) -> tuple[Violation, Schedule] | None:
         """The step returned to a state on the path. A fair cycle is a livelock; any

@@ -7,7 +7,7 @@ the KVM model; and a deliberately broken dependency relation makes these checks 
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, assume, find, given, settings
+from hypothesis import HealthCheck, assume, event, find, given, settings
 from hypothesis import strategies as st
 
 import test_engine as eng
@@ -114,9 +114,17 @@ def test_invariant_that_reads_a_field_only_in_some_states(cache: bool) -> None:
 
 
 # -- random programs ----------------------------------------------------------------------
-def program_of(threads: tuple[tuple, ...], fair: bool, check: bool) -> Prog:
+def program_of(threads: tuple[tuple, ...], fair: bool, check: bool,
+               forbidden: tuple[int, int] | None = None) -> Prog:
+    """A random program; ``forbidden``: values (c0.n, c1.n) no state may have."""
     incs = sum(1 for ops in threads for op in ops if op[0] in ("racy", "spin", "write") and op[1] == 0)
-    return random_program(threads, fair, incs if check else None)
+    prog = random_program(threads, fair, incs if check else None)
+    if forbidden is not None:
+        def state(s: Shared) -> str | None:
+            now = (s.boxes[0].n, s.boxes[1].n)
+            return f"(c0.n, c1.n) = {now}" if now == forbidden else None
+        prog.state = state
+    return prog
 
 
 def small(threads: tuple[tuple, ...]) -> bool:
@@ -124,16 +132,20 @@ def small(threads: tuple[tuple, ...]) -> bool:
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(threads=threads_st, fair=st.booleans(), check=st.booleans())
-def test_random_programs(threads: tuple[tuple, ...], fair: bool, check: bool) -> None:
+@given(threads=threads_st, fair=st.booleans(), check=st.booleans(),
+       forbidden=st.none() | st.tuples(st.integers(1, 2), st.integers(0, 2)))
+def test_random_programs(threads: tuple[tuple, ...], fair: bool, check: bool,
+                         forbidden: tuple[int, int] | None) -> None:
     """Random threads (racy and locked increments, rwlock readers and writers,
-    cond_resched branches, RCU readers and callbacks, plain stores) against the plain
-    search with the cache (itself cross-checked against the cache-less one)."""
+    cond_resched branches, RCU readers and callbacks, plain stores), maybe with an
+    invariant of every state, against the plain search with the cache (itself
+    cross-checked against the cache-less one)."""
     assume(small(threads))
-    prog = program_of(threads, fair, check)
+    prog = program_of(threads, fair, check, forbidden)
     plain = dfs(prog, True)
     for cache in (False, True):
         agree(plain, dpor(prog, cache), prog)
+    event(f"verdict {plain.result.verdict}")  # type: ignore[attr-defined]
 
 
 def disagrees(threads: tuple[tuple, ...]) -> bool:

@@ -57,11 +57,16 @@ class _Summary:
                 self.guards[k] |= v
 
 
+# A fully explored state in the cache: the sleep set it was explored with, its
+# subtree's summary, the threads explored from it.
+_Entry = tuple[frozenset[int], "_Summary", frozenset[int]]
+
+
 class _Node:
     """A state on the current path and what DPOR knows about it."""
 
-    __slots__ = ("backtrack", "choices", "cur", "cur_fp", "cycle", "enabled", "first", "fp", "guards",
-                 "sleep", "sleep0", "snap", "summary", "tvc")
+    __slots__ = ("backtrack", "choices", "cur", "cur_fp", "cycle", "enabled", "explored", "first", "fp",
+                 "guards", "heads", "skip", "sleep", "sleep0", "snap", "summary", "tvc")
 
     def __init__(self, enabled: dict[int, int], guards: list[int], sleep: dict[int, Footprint],
                  tvc: tuple[Clock, ...], snap: Snapshot | None, fp: int, nthreads: int) -> None:
@@ -73,6 +78,9 @@ class _Node:
         self.tvc = tvc  # each thread's vector clock after its last step on the path
         self.snap = snap
         self.fp = fp
+        self.heads: list[int] = []  # tid -> the first cell its pending guard reads
+        self.explored: set[int] = set()  # threads explored from here (for the cache)
+        self.skip: frozenset[int] = frozenset()  # explored at an earlier visit (see _revisit)
         self.cur = -1  # thread being explored from here
         self.choices: list[int] = []  # its branches still to run
         self.cur_fp: Footprint = (0, 0, 0)  # union of the footprints of its branches so far
@@ -182,25 +190,62 @@ class Dpor(Search):
         return enabled, guards, heads
 
     # -- races --------------------------------------------------------------------------
-    def _add_backtrack(self, i: int, p: int) -> None:
-        """Make sure the state before step ``i`` also tries ``p``'s step first, or, if
-        ``p`` cannot run there, every thread that can (Flanagan-Godefroid)."""
+    def _firsts(self, i: int) -> dict[int, Clock]:
+        """notdep(i): the path's steps after step ``i`` that do not happen after it;
+        returns each thread's first one among them (its vector clock)."""
+        tids, vcs = self._tid, self._vc
+        qi = tids[i]
+        li = vcs[i][qi]
+        firsts: dict[int, Clock] = {}
+        for j in range(i + 1, len(tids)):
+            vj = vcs[j]
+            if vj[qi] < li and tids[j] not in firsts:
+                firsts[tids[j]] = vj
+        return firsts
+
+    @staticmethod
+    def _initials(firsts: dict[int, Clock]) -> list[int]:
+        """Threads whose first step in the sequence nothing earlier in it happens before."""
+        return [q for q, vq in firsts.items()
+                if all(vq[r] < vr[r] for r, vr in firsts.items() if r != q)]
+
+    def _reverse(self, i: int, p: int, vc: Clock | None = None, *, known: bool = True) -> None:
+        """Reverse the race of path step ``i`` with a later step of ``p``: the state
+        before step ``i`` must explore an initial of notdep(i).step (source-DPOR). The
+        path's part of notdep comes first, so its initials are initials of the whole;
+        if it is empty, the step (clock ``vc``) is the only initial when ``known``
+        (else the subtree's unknown steps could start it: every enabled thread)."""
         node = self._stack[i]
         if len(node.backtrack) == len(node.enabled):
             return  # already every enabled thread (backtrack sets hold enabled threads only)
-        if p in node.enabled:
-            node.backtrack.add(p)
-        else:
+        firsts = self._firsts(i)
+        if vc is not None:
+            firsts.setdefault(p, vc)
+        if not firsts:
+            if known and p in node.enabled:
+                node.backtrack.add(p)
+            else:  # Flanagan-Godefroid's fallback
+                node.backtrack.update(node.enabled)
+            return
+        initials = self._initials(firsts)
+        if any(q in node.backtrack for q in initials):
+            return
+        q = p if p in initials else next((q for q in initials if q not in node.sleep), initials[0])
+        if q in node.enabled:
+            node.backtrack.add(q)
+        else:  # cannot happen when guards are in the footprints; stay safe
             node.backtrack.update(node.enabled)
 
     def _step_races(self, p: int, r: int, w: int, u: int, prev: Clock) -> Clock:
         """Race check of a step of ``p`` just taken after the path's steps: every
         earlier step of another thread that it depends on and that is ordered before it
-        by nothing else (no intermediate dependence, source-DPOR's race) gets a
-        backtrack point. Returns the step's vector clock."""
+        by nothing else (source-DPOR's race) is reversed: the state before that step
+        explores an initial of notdep.step (Abdulla et al. 2014, Algorithm 1).
+        Returns the step's vector clock."""
         tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
         covered = list(prev)  # join of the clocks of p's last step and of later dependent steps
         ru = r | u
+        races = []
         for i in range(len(tids) - 1, -1, -1):
             q = tids[i]
             if q == p:
@@ -211,10 +256,13 @@ class Dpor(Search):
             vi = vcs[i]
             if covered[q] >= vi[q]:
                 continue  # already ordered before p's step through another step
-            self._add_backtrack(i, p)
+            races.append(i)
             covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
         covered[p] += 1
-        return tuple(covered)
+        vc = tuple(covered)
+        for i in races:
+            self._reverse(i, p, vc)
+        return vc
 
     def _blocked_races(self, q: int, reads: int, prev: Clock) -> None:
         """A thread that cannot run (its guard is false, or the execution ended) may be
@@ -224,7 +272,7 @@ class Dpor(Search):
         for i in range(len(tids) - 1, -1, -1):
             t = tids[i]
             if t != q and (ws[i] | us[i]) & reads and prev[t] < vcs[i][t]:
-                self._add_backtrack(i, q)
+                self._reverse(i, q)
                 return
 
     def _summary_races(self, summary: _Summary, tvc: tuple[Clock, ...], heads: list[int]) -> list[Clock]:
@@ -261,7 +309,7 @@ class Dpor(Search):
                             cells = (blocked & (wi | ui)) if after >> q & 1 else \
                                 (w & (ri | wi | ui) | wi & ru | u & ri | (r | blocked) & ui | blocked & wi)
                             if cells & ~killed:  # (_conflict's cells)
-                                self._add_backtrack(i, t)
+                                self._reverse(i, t, known=False)
                         if (wi | ui) & head:
                             covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
                     killed |= wi
@@ -325,10 +373,11 @@ class Dpor(Search):
         if ex.finished():
             self._leaf_summary = self._end_check(ex, tvc)
             return self.end_of_execution(ex, path)
-        enabled, guards, _ = self._scan(ex)
+        enabled, guards, heads = self._scan(ex)
         if not enabled:
             return self.end_of_execution(ex, path)
         node = _Node(enabled, guards, sleep, tvc, None, fp, n)
+        node.heads = heads
         for q, t in enumerate(ex.threads):
             if t.pending is not None and q not in enabled:
                 self._blocked_races(q, guards[q], tvc[q])
@@ -371,7 +420,7 @@ class Dpor(Search):
         if initial is not None:
             return initial, []
         cache = self.cache
-        visited: dict[int, tuple[frozenset[int], _Summary]] = {}
+        visited: dict[int, _Entry] = {}
         on_path: dict[int, int] = {}
         fp0 = ex.fingerprint() if cache else 0
         path: Schedule = []
@@ -390,7 +439,7 @@ class Dpor(Search):
                 if node.cur >= 0:  # every branch of cur done: it sleeps from now on
                     node.sleep[node.cur] = node.cur_fp
                     node.cur = -1
-                todo = [t for t in node.backtrack if t not in node.sleep]
+                todo = [t for t in node.backtrack if t not in node.sleep and t not in node.skip]
                 if not todo:
                     self._pop(visited, on_path)
                     if path:
@@ -398,6 +447,7 @@ class Dpor(Search):
                     live = False
                     continue
                 node.cur = min(todo)
+                node.explored.add(node.cur)
                 node.choices = list(range(node.enabled[node.cur]))
                 node.cur_fp = (0, 0, 0)
             p = node.cur
@@ -464,15 +514,16 @@ class Dpor(Search):
                         node.first[th] = [min(a, b) for a, b in zip(node.first[th], bound, strict=True)]
                     self._drop_step(path)
                     continue
-                if entry is not None:
-                    self.revisits += 1
             child = self._open(ex, path, sleep, tvc, fp)
+            if cache and entry is not None and isinstance(child, _Node):
+                self._revisit(child, entry, tvc)
             if not isinstance(child, _Node):
                 if child is not None:
                     return child
                 node.summary.merge(self._leaf_summary)
-                if cache:  # a final or sleep-blocked state
-                    visited[fp] = (frozenset(sleep), self._leaf_summary)
+                if cache:  # a final state (whatever the sleep set) or a sleep-blocked one
+                    asleep = frozenset(sleep) if not ex.finished() else frozenset()
+                    visited[fp] = (asleep, self._leaf_summary, frozenset())
                 self._drop_step(path)
                 continue
             stack.append(child)
@@ -483,6 +534,21 @@ class Dpor(Search):
                 stats.max_depth = depth
         return None
 
+    def _revisit(self, node: _Node, entry: _Entry, tvc: tuple[Clock, ...]) -> None:
+        """A cached state reached again with a sleep set that lacks some threads it was
+        explored with: explore just those (they sleep no more), before, in effect, the
+        threads explored last time, whose subtrees are raced like a cache hit's. In that
+        order the earlier subtrees were explored with sleep sets no larger than they
+        would get now, which is what the cache needs."""
+        self.revisits += 1
+        asleep, summary, explored = entry
+        for t, bound in enumerate(self._summary_races(summary, tvc, node.heads)):
+            node.first[t] = [min(a, b) for a, b in zip(node.first[t], bound, strict=True)]
+        node.summary.merge(summary)
+        node.skip = explored
+        node.explored |= explored
+        node.backtrack = {t for t in asleep if t in node.enabled and t not in node.sleep}
+
     def _drop_step(self, path: Schedule) -> None:
         path.pop()
         self._pop_event()
@@ -491,7 +557,7 @@ class Dpor(Search):
         for events in (self._tid, self._r, self._w, self._u, self._everything, self._vc):
             events.pop()
 
-    def _pop(self, visited: dict[int, tuple[frozenset[int], _Summary]],
+    def _pop(self, visited: dict[int, _Entry],
              on_path: dict[int, int]) -> None:
         """A state is fully explored: cache it with its subtree's accesses (unless a
         cycle in its subtree returned above it: then its summary is incomplete)."""
@@ -503,7 +569,7 @@ class Dpor(Search):
             node.summary.after = [sum(1 << q for q, c in enumerate(node.tvc) if first[q] > c[q])
                                   for first in node.first]
             if node.cycle >= depth:
-                visited[node.fp] = (node.sleep0, node.summary)
+                visited[node.fp] = (node.sleep0, node.summary, frozenset(node.explored))
         if stack:
             parent = stack[-1]
             parent.summary.merge(node.summary)

@@ -1,16 +1,17 @@
 """Dynamic partial-order reduction (DPOR) with sleep sets, stateless or with the cache.
 
-Flanagan and Godefroid's DPOR (POPL 2005) with sleep sets, with the race check of
-source-DPOR (Abdulla et al., POPL 2014) for executed steps: why this combination, and
-the soundness argument, are in docs/design.md ("Partial-order reduction").
+Flanagan and Godefroid's DPOR (POPL 2005) with sleep sets, whose races are found when a
+step runs and reversed by an initial of notdep.step, as source-DPOR does (Abdulla et
+al., POPL 2014); blocked threads are raced by their guard (Flanagan-Godefroid's check
+of a disabled transition). Why this combination, and the soundness argument, with and
+without the cache: docs/design.md, "Partial-order reduction".
 
-A step's footprint is what it read and wrote, as bit sets over cells (one bit per cell,
-numbered as cells are first met): the guard it passed, its body, and the invariant check
-that runs after it (so that a step that changes what ``check_state`` sees is ordered
-against every step that does too). A thread that ends writes a pseudo-cell of its own,
-which every daemon step reads: the end of the last non-daemon thread ends the
-execution, i.e. disables the daemons. Two steps of different threads are dependent iff
-one writes a cell the other reads or writes.
+A step's footprint is what it read and wrote (``World.accesses``), as bit sets over
+cells (numbered as cells are first met), plus what its guard read. A thread that ends
+writes a pseudo-cell of its own, which every daemon step reads (the last thread's end
+ends the execution, i.e. disables the daemons); a step that writes a field the
+invariant check reads writes the "visible" pseudo-cell. Two steps of different threads
+are dependent iff one writes a cell the other reads or writes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tdpmmu.explore.search.base import Search
 Footprint = tuple[int, int, int]
 Clock = tuple[int, ...]  # vector clock: per thread, how many of its steps happen before
 
-NO_CYCLE = 1 << 30
+NO_CYCLE = INFINITY = 1 << 30
 
 
 class _Restart(Exception):
@@ -89,7 +90,7 @@ class _Node:
         self.summary = _Summary(nthreads)
         # first[t][q]: a lower bound, over t's steps in the subtree, of how many of q's
         # steps happen before it (vector clocks of this path), for `after` when it pops.
-        self.first = [[NO_CYCLE] * nthreads for _ in range(nthreads)]
+        self.first = [[INFINITY] * nthreads for _ in range(nthreads)]
         self.cycle = NO_CYCLE
 
 
@@ -269,6 +270,8 @@ class Dpor(Search):
         able to run if the last step that wrote what its guard reads had not happened
         yet: Flanagan-Godefroid's check for a disabled next transition."""
         tids, ws, us, vcs = self._tid, self._w, self._u, self._vc
+        if not self._everything or not (self._everything[-1][1] | self._everything[-1][2]) & reads:
+            return  # nothing on the path wrote it
         for i in range(len(tids) - 1, -1, -1):
             t = tids[i]
             if t != q and (ws[i] | us[i]) & reads and prev[t] < vcs[i][t]:
@@ -290,26 +293,35 @@ class Dpor(Search):
         tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
         everything = self._everything[-1] if self._everything else (0, 0, 0)
         bounds = []
+        reversed_: set[int] = set()
         for t in range(len(tvc)):
             r, w, u = summary.steps[3 * t:3 * t + 3]
             blocked = summary.guards[t]
             racing = _conflict(r | blocked, w, u, *everything)
             covered = list(tvc[t])  # steps known to happen before all of t's subtree steps
             after = summary.after[t]
-            head = heads[t]
+            # (Bounds matter only for a thread with steps in the subtree.)
+            head = heads[t] & (everything[1] | everything[2]) if r | w | u else 0
             if racing or head:
                 ru = r | u
+                touched = r | w | u | blocked
                 killed = 0  # cells a later path step wrote as a whole
                 for i in range(len(tids) - 1, -1, -1):
                     ri, wi, ui = rs[i], ws[i], us[i]
+                    if not ((ri | wi | ui) & touched or (wi | ui) & head):
+                        killed |= wi
+                        continue
                     q = tids[i]
                     vi = vcs[i]
                     if q != t and covered[q] < vi[q]:
                         if racing:
                             cells = (blocked & (wi | ui)) if after >> q & 1 else \
                                 (w & (ri | wi | ui) | wi & ru | u & ri | (r | blocked) & ui | blocked & wi)
-                            if cells & ~killed:  # (_conflict's cells)
+                            if cells & ~killed and i not in reversed_:  # (_conflict's cells)
+                                # (Without the step's own clock, the reversal does not
+                                # depend on t: once per path step is enough.)
                                 self._reverse(i, t, known=False)
+                                reversed_.add(i)
                         if (wi | ui) & head:
                             covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
                     killed |= wi

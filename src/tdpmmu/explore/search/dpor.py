@@ -508,6 +508,7 @@ class Dpor(Search):
             path.append(tr)
             depth = len(path)
             fp = 0
+            entry: _Entry | None = None
             if cache:
                 fp = ex.fingerprint()
                 seen_at = on_path.get(fp)
@@ -527,7 +528,7 @@ class Dpor(Search):
                     self._drop_step(path)
                     continue
             child = self._open(ex, path, sleep, tvc, fp)
-            if cache and entry is not None and isinstance(child, _Node):
+            if entry is not None and isinstance(child, _Node):
                 self._revisit(child, entry, tvc)
             if not isinstance(child, _Node):
                 if child is not None:

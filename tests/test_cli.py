@@ -118,6 +118,8 @@ def test_interleaving_gives_each_thread_its_column() -> None:
         (["check", "vcpu-load", "--vcpus", "two"], "--vcpus"),
         (["check", "vcpu-load", "--frobnicate"], "--frobnicate"),
         (["check"], "scenario"),
+        (["check", "vcpu-load", "--search", "bfs"], "unknown search 'bfs'"),
+        (["check", "vcpu-load", "--symmetry", "off", "--symmetry", "maybe"], "--symmetry takes on or off"),
         (["frobnicate"], "frobnicate"),
         (["replay", "vcpu-load", "--schedule", "0,x"], "'x'"),
         (["replay", "vcpu-load", "--schedule", "0,9"], "step 2"),
@@ -129,6 +131,20 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     assert r.exit_code == 2, r.output
     assert needle in one_error_line(r)
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "search", "symmetry"), [
+    ([], "dpor", False),
+    (["--search", "plain"], "plain", True),
+    (["--search", "plain", "--symmetry", "off"], "plain", False),
+    (["--search", "plain", "--no-symmetry"], "plain", False),
+    (["--search", "plain", "--symmetry"], "plain", True),
+    (["--preemptions", "0"], "preemption-bounded", True),
+])
+def test_json_says_which_search_ran(args: list[str], search: str, symmetry: bool) -> None:
+    r = run("check", "vcpu-load", "--vcpus", "1", "--json", *args)
+    out = json.loads(r.stdout)
+    assert (out["search"], out["symmetry"]) == (search, symmetry)
 
 
 def test_limit_hit_is_incomplete_exit_3() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.search.base import Progress, Search
 from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.explore.search.dpor import Dpor
 from tdpmmu.explore.search.random_walk import RandomPct
 from tdpmmu.explore.search.shrink import shortest
 from tdpmmu.kvm.mutants import build_kernel
@@ -20,6 +21,11 @@ from tdpmmu.kvm.versions import DEFAULT_KERNEL, KERNELS
 
 class BadInput(ValueError):
     """An unknown name or a bad number: the CLI prints it on one line and exits 2."""
+
+
+# Exhaustive searches: partial-order reduction (default: the fastest on memslot-delete,
+# see bench/results/dpor.txt) or plain depth-first search (with vCPU symmetry).
+SEARCHES = {"dpor": "partial-order reduction (DPOR, sleep sets)", "plain": "depth-first, every interleaving"}
 
 
 def _pick(kind: str, name: str, table: dict[str, object]) -> None:
@@ -35,7 +41,8 @@ class Config:
     vcpus: int = 2
     gfns: int | None = None  # guest frames under each root; None: the scenario's default
     cache: bool = True
-    symmetry: bool = True
+    symmetry: bool = True  # plain search only: DPOR does not combine with it
+    search: str = "dpor"  # "dpor" | "plain"; --preemptions and --random are searches of their own
     shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
     preemptions: int | None = None  # bound the search to schedules with this many preemptions
     random_runs: int = 0  # > 0: random PCT search with this many runs instead
@@ -44,6 +51,7 @@ class Config:
     def validate(self) -> None:
         _pick("scenario", self.scenario, SCENARIOS)  # type: ignore[arg-type]
         _pick("kernel", self.kernel, KERNELS)  # type: ignore[arg-type]
+        _pick("search", self.search, SEARCHES)  # type: ignore[arg-type]
         if self.mutant is not None:
             _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
         if not 1 <= self.vcpus <= 8:
@@ -56,6 +64,15 @@ class Config:
             raise BadInput(f"--random must be 0 or more, not {self.random_runs}")
         if self.random_runs and self.preemptions is not None:
             raise BadInput("--random and --preemptions are separate searches: pick one")
+
+    @property
+    def effective_search(self) -> str:
+        """The search ``check`` runs."""
+        if self.random_runs:
+            return "random"
+        if self.preemptions is not None:
+            return "preemption-bounded"
+        return self.search
 
     def program(self) -> KvmProgram:
         self.validate()
@@ -71,6 +88,8 @@ def check(config: Config, limits: Limits | None = None, progress: Progress | Non
     search: Search
     if config.random_runs:
         search = RandomPct(program, limits, progress, runs=config.random_runs, seed=config.seed)
+    elif config.effective_search == "dpor":
+        search = Dpor(program, limits, progress, cache=config.cache)
     else:
         search = DepthFirst(program, limits, progress, cache=config.cache, symmetry=symmetry,
                             preemptions=config.preemptions)

@@ -34,10 +34,24 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
+def _symmetry_flag(argv: list[str]) -> list[str]:
+    """``--symmetry`` without a value (the flag it used to be) means ``--symmetry on``."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--symmetry" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("on")
+    return out
+
+
 class _Group(TyperGroup):
     """Usage errors, like our own bad-input errors, as one line on stderr with exit 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            args = (_symmetry_flag(list(args[0] if args[0] is not None else sys.argv[1:])), *args[1:])
+        else:
+            kwargs["args"] = _symmetry_flag(list(kwargs.get("args") or sys.argv[1:]))
         if not kwargs.get("standalone_mode", True):  # the caller handles errors
             return super().main(*args, **kwargs)
         kwargs.update(standalone_mode=False, prog_name=kwargs.get("prog_name") or PROG)
@@ -151,10 +165,15 @@ def check(
     shrink_time: Annotated[
         float, typer.Option(min=0.0, help="Seconds to look for a shorter counterexample (0: keep the first).")
     ] = 10.0,
+    search: Annotated[
+        str, typer.Option(help="Exhaustive search: dpor (partial-order reduction) or plain.")
+    ] = "dpor",
     symmetry: Annotated[
-        bool, typer.Option("--symmetry/--no-symmetry",
-                           help="Explore states equal up to swapping vCPUs once (needs the cache).")
-    ] = True,
+        str, typer.Option("--symmetry", metavar="[on|off]",
+                          help="Explore states equal up to swapping vCPUs once (plain search with "
+                          "the cache only).")
+    ] = "on",
+    no_symmetry: Annotated[bool, typer.Option("--no-symmetry", help="Same as --symmetry off.")] = False,
     as_json: AsJson = False,
     progress: Annotated[
         bool | None,
@@ -163,7 +182,10 @@ def check(
     ] = None,
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
-    config = Config(scenario, kernel, mutant, vcpus, gfns, cache=not no_cache, symmetry=symmetry,
+    if symmetry not in ("on", "off"):
+        fail(f"--symmetry takes on or off, not {symmetry!r}")
+    config = Config(scenario, kernel, mutant, vcpus, gfns, cache=not no_cache,
+                    symmetry=symmetry == "on" and not no_symmetry, search=search,
                     preemptions=preemptions, random_runs=random_runs, seed=seed)
     limits = Limits(max_states=max_states, time_limit=time_limit, shrink_time=shrink_time)
     try:

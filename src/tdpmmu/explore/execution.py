@@ -184,6 +184,7 @@ class Execution:
         self.trace: list[TraceStep] = []
         self.depth = 0
         self.rebuilt = 0  # steps re-run to rebuild generators (a cost measure)
+        self.check_from = 0  # see step()
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -272,6 +273,9 @@ class Execution:
             w.report("livelock", f"{t.name} took more than {self.max_steps} steps: unbounded retry?")
             v = w.violation
         if v is None:
+            # Where the invariant's reads start in the step's access log (DPOR tells
+            # the step's own accesses from the check's).
+            self.check_from = len(w.accesses) if w.accesses is not None else 0
             try:
                 self.program.check_state(w)
             except Exception as exc:  # a broken invariant check is a model error too

@@ -65,8 +65,20 @@ class Violation:
     stack: list[str] = field(default_factory=list)  # model call chain at the report, outermost first
 
 
+# Kinds of access in ``World.accesses``. MEMBER_READ / MEMBER_WRITE touch the cell as a
+# whole only as far as one member is concerned (the member itself is logged as a cell of
+# its own): two member writes commute, a member write does not commute with a read of
+# the whole cell, a write of the whole cell commutes with nothing.
+READ, WRITE, MEMBER_WRITE, MEMBER_READ = 0, 1, 2, 3
+
+
+def _member_key(key: Key, member: Hashable) -> Key:
+    return key[0], f"{key[1]}#{member!r}"
+
+
 NEXT_OID: Key = (-1, "next_oid")
 NAME = "__name__"
+LIVE = "__live__"  # False once the object is freed (poisoned)
 
 
 class Tid(int):
@@ -115,13 +127,15 @@ class World:
         self.tracing = False
         self.notes: list[str] = []
         self.log: list[Any] | None = None
-        # Per-step (key, is_write) log, kept only when a search needs dependencies.
-        self.accesses: list[tuple[Key, bool]] | None = None
+        # Per-step (key, kind) log, kept only when a search needs dependencies.
+        self.accesses: list[tuple[Key, int]] | None = None
 
     # -- memory ---------------------------------------------------------------------
     def get(self, key: Key) -> Any:
         if key[0] in self.freed:
             self.use_after_free(key)
+        if self.accesses is not None:  # whether it is a use-after-free depends on this too
+            self.accesses.append(((key[0], LIVE), READ))
         return self.peek(key)
 
     def peek(self, key: Key) -> Any:
@@ -130,22 +144,53 @@ class World:
         if self.log is not None:
             self.log.append(value)
         if self.accesses is not None:
-            self.accesses.append((key, False))
+            self.accesses.append((key, READ))
         return value
 
     def set(self, key: Key, value: Hashable) -> None:
         if key[0] in self.freed:
             self.use_after_free(key)
-        if self.accesses is not None:
-            self.accesses.append((key, True))
         cells = self.cells
         old = cells.get(key, _MISSING)
+        if self.accesses is not None:
+            self.accesses.append(((key[0], LIVE), READ))
+            # Storing the value a cell holds changes nothing: it only depends on the
+            # cell, like a read, and commutes with other reads of it.
+            self.accesses.append((key, WRITE if old is _MISSING or old != value else READ))
+        self._store(key, old, value)
+
+    # A set-valued cell whose members belong to threads (a lock's readers, RCU's
+    # readers): a thread reading or updating only its own member commutes with another
+    # thread doing the same with *its* member, though both store the whole cell.
+    def get_member(self, key: Key, member: Hashable) -> Any:
+        """Read ``key`` where only what it says about ``member`` is used."""
+        if key[0] in self.freed:
+            self.use_after_free(key)
+        if self.accesses is not None:
+            self.accesses += [((key[0], LIVE), READ), (key, MEMBER_READ), (_member_key(key, member), READ)]
+        value = self.cells[key]
+        if self.log is not None:
+            self.log.append(value)
+        return value
+
+    def set_member(self, key: Key, value: Hashable, member: Hashable) -> None:
+        """Store ``key`` where the new value differs from the old in ``member`` only."""
+        if key[0] in self.freed:
+            self.use_after_free(key)
+        old = self.cells.get(key, _MISSING)
+        if self.accesses is not None:
+            changed = old is _MISSING or old != value
+            self.accesses += [((key[0], LIVE), READ), (key, MEMBER_WRITE if changed else MEMBER_READ),
+                              (_member_key(key, member), WRITE if changed else READ)]
+        self._store(key, old, value)
+
+    def _store(self, key: Key, old: object, value: Hashable) -> None:
         if old is not _MISSING:
             if old == value:
                 return
             self.h ^= hash((key, old))
         self.h ^= hash((key, value))
-        cells[key] = value
+        self.cells[key] = value
 
     def alloc(self, kind: type, name: str) -> int:
         """A new object id. Ids count up in each execution, so replaying a schedule
@@ -156,7 +201,7 @@ class World:
         # A display name is not state: it is kept out of the fingerprint (``h``), so
         # that states equal up to renaming symmetric objects fingerprint alike.
         self.cells[(oid, NAME)] = name or f"{getattr(kind, 'C_NAME', '') or kind.__name__}{oid}"
-        self.set((oid, "__live__"), True)
+        self.set((oid, LIVE), True)
         return oid
 
     def type_of(self, oid: int) -> Any:
@@ -169,11 +214,11 @@ class World:
         return range(1, self.peek(NEXT_OID))
 
     def is_freed(self, oid: int) -> bool:
-        return not self.peek((oid, "__live__"))
+        return not self.peek((oid, LIVE))
 
     def free(self, oid: int) -> None:
         """Poison an object: from now on any access to it is a use-after-free."""
-        self.set((oid, "__live__"), False)
+        self.set((oid, LIVE), False)
         self.freed.add(oid)
 
     def use_after_free(self, key: Key) -> None:
@@ -225,7 +270,13 @@ class ReplayWorld(World):
     def peek(self, key: Key) -> Any:
         return next(self._reads)
 
+    def get_member(self, key: Key, member: Hashable) -> Any:
+        return next(self._reads)
+
     def set(self, key: Key, value: Hashable) -> None:
+        pass
+
+    def set_member(self, key: Key, value: Hashable, member: Hashable) -> None:
         pass
 
     def free(self, oid: int) -> None:

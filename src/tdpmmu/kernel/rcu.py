@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from tdpmmu.explore.runtime import NAME, Op, primitive, world
-from tdpmmu.kernel.memory import Field, Struct
+from tdpmmu.kernel.memory import Field, Struct, get_member, set_member
 
 RcuCallback = Callable[[Any], object]
 
@@ -38,8 +38,9 @@ def rcu_init() -> None:
     RCU.running = 0
 
 
-def _depth(tid: int) -> int:
-    for t, d in RCU.readers:
+def _depth(tid: int, readers: frozenset[tuple[int, int]] | None = None) -> int:
+    # Only this thread's own entry is used: see World.get_member.
+    for t, d in get_member(RCU, "readers", tid) if readers is None else readers:
         if t == tid:
             return d
     return 0
@@ -53,8 +54,9 @@ def rcu_read_lock_held() -> bool:
 def rcu_read_lock() -> Generator[Op, int, None]:
     yield Op("rcu_read_lock")
     tid = world().tid
-    d = _depth(tid)
-    RCU.readers = (RCU.readers - {(tid, d)}) | {(tid, d + 1)}
+    readers = get_member(RCU, "readers", tid)
+    d = _depth(tid, readers)
+    set_member(RCU, "readers", (readers - {(tid, d)}) | {(tid, d + 1)}, tid)
 
 
 @primitive
@@ -62,13 +64,15 @@ def rcu_read_unlock() -> Generator[Op, int, None]:
     yield Op("rcu_read_unlock")
     w = world()
     tid = w.tid
-    d = _depth(tid)
+    readers = get_member(RCU, "readers", tid)
+    d = _depth(tid, readers)
     if d == 0:
         w.report("WARNING", "rcu_read_unlock() without rcu_read_lock()")
         return
-    RCU.readers = (RCU.readers - {(tid, d)}) | ({(tid, d - 1)} if d > 1 else set())
+    set_member(RCU, "readers", (readers - {(tid, d)}) | ({(tid, d - 1)} if d > 1 else set()), tid)
     if d == 1:  # the section ends: no grace period waits for this thread any more
-        RCU.pending = tuple((obj, fn, waiting - {tid}) for obj, fn, waiting in RCU.pending)
+        pending = get_member(RCU, "pending", tid)
+        set_member(RCU, "pending", tuple((obj, fn, waiting - {tid}) for obj, fn, waiting in pending), tid)
 
 
 @primitive

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from tdpmmu.explore.runtime import Op, primitive, world
-from tdpmmu.kernel.memory import Field, Struct
+from tdpmmu.kernel.memory import Field, Struct, get_member, set_member
 
 NO_WRITER = -1
 
@@ -28,19 +28,23 @@ def _can_read(lock: rwlock_t) -> bool:
     return lock.writer == NO_WRITER and not (lock.fair and lock.waiting_writers)
 
 
+# A reader touches only its own member of `readers`, so that two readers' lock and
+# unlock commute for partial-order reduction (World.get_member).
 def _take_read(lock: rwlock_t) -> None:
     w = world()
-    if w.tid in lock.readers:
+    readers = get_member(lock, "readers", w.tid)
+    if w.tid in readers:
         w.report("deadlock", f"recursive read_lock({lock}) can deadlock behind a queued writer")
-    lock.readers = lock.readers | {w.tid}
+    set_member(lock, "readers", readers | {w.tid}, w.tid)
 
 
 def _drop_read(lock: rwlock_t, name: str) -> None:
     w = world()
-    if w.tid not in lock.readers:
+    readers = get_member(lock, "readers", w.tid)
+    if w.tid not in readers:
         w.report("lockdep", f"{name}({lock}) by {w.thread_name}, which does not hold it for read")
         return
-    lock.readers = lock.readers - {w.tid}
+    set_member(lock, "readers", readers - {w.tid}, w.tid)
 
 
 def _drop_write(lock: rwlock_t, name: str) -> None:
@@ -93,7 +97,8 @@ def rwlock_is_contended(lock: rwlock_t) -> bool:
 
 
 def held_for_read(lock: rwlock_t) -> bool:
-    return world().tid in lock.readers
+    tid = world().tid
+    return tid in get_member(lock, "readers", tid)
 
 
 def held_for_write(lock: rwlock_t) -> bool:

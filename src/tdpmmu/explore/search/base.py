@@ -31,6 +31,8 @@ class Search:
         self._start = 0.0
         self._tick = 0
         self.completed = False  # explore() ran to its end: no limit or interrupt stopped it
+        self.final_states: set[int] = set()  # fingerprints of finished executions
+        self.final_canonical: set[int] = set()  # the same, up to symmetry
 
     # -- hooks for strategies ---------------------------------------------------------
     def explore(self) -> tuple[Violation, Schedule] | None:
@@ -53,6 +55,36 @@ class Search:
         lim = self.limits
         if lim.time_limit and self.stats.seconds >= lim.time_limit:
             raise LimitReached(f"--time-limit {lim.time_limit:g}s reached")
+
+    def end_of_execution(self, ex: Execution, path: Schedule) -> tuple[Violation, Schedule] | None:
+        """Judge an execution with no enabled transition: a deadlock, a failed
+        end-of-execution check, or a final state to record. Counts the execution."""
+        self.stats.executions += 1
+        if not ex.finished():
+            return ex.deadlock(), list(path)
+        violation = ex.finish()
+        if violation is not None:
+            return violation, list(path)
+        self.final_states.add(ex.fingerprint())
+        self.final_canonical.add(ex.canonical_fingerprint())
+        return None
+
+    @staticmethod
+    def fair_cycle(enabled: list[set[int]], steps: Schedule) -> bool:
+        """A cycle is a livelock only if it is fair: every thread enabled all along it
+        takes a step in it. A spin-wait that another thread would end (if it ran) is a
+        cycle too, but an unfair one, and no bug."""
+        return set.intersection(*enabled) <= {t for t, _ in steps}
+
+    @staticmethod
+    def livelock(ex: Execution, tid: int, depth: int, seen_at: int) -> Violation:
+        t = ex.threads[tid].name
+        return Violation(
+            "livelock",
+            f"a cycle: the state after step {depth} ({t}) is the state after step "
+            f"{seen_at}, so this schedule can repeat forever (unbounded retry)",
+            thread=t,
+        )
 
     def new_execution(self) -> Execution:
         return Execution(self.program, max_steps=self.limits.max_steps)

@@ -36,8 +36,6 @@ class DepthFirst(Search):
         self.depth_bound = depth_bound
         self.restore_by_replay = restore == "replay"
         self._replayed = 0
-        self.final_states: set[int] = set()  # fingerprints of finished executions
-        self.final_canonical: set[int] = set()  # the same, up to symmetry
 
     def not_exhaustive(self) -> str:
         if self.preemptions is not None:
@@ -118,15 +116,10 @@ class DepthFirst(Search):
                 fp = fingerprint(ex)
                 if pbound is not None:  # the bounded future depends on these too
                     fp = hash((fp, tr[0], spent))
-                if fp in on_path and self._fair_cycle(stack[on_path[fp]:], [*path[on_path[fp]:], tr]):
+                if fp in on_path and self.fair_cycle(
+                        [{t for t, _ in e} for e in stack[on_path[fp]:]], [*path[on_path[fp]:], tr]):
                     stats.executions += 1
-                    t = ex.threads[tr[0]].name
-                    return Violation(
-                        "livelock",
-                        f"a cycle: the state after step {depth} ({t}) is the state after step "
-                        f"{on_path[fp]}, so this schedule can repeat forever (unbounded retry)",
-                        thread=t,
-                    ), [*path, tr]
+                    return self.livelock(ex, tr[0], depth, on_path[fp]), [*path, tr]
                 seen = visited.get(fp)
                 if seen is not None and (not bound or seen <= depth):
                     stats.executions += 1
@@ -156,14 +149,6 @@ class DepthFirst(Search):
                 stats.max_depth = len(path)
         return None
 
-    @staticmethod
-    def _fair_cycle(enabled: list[list[Transition]], steps: Schedule) -> bool:
-        """A cycle is a livelock only if it is fair: every thread enabled all along it
-        takes a step in it. A spin-wait that another thread would end (if it ran) is a
-        cycle too, but an unfair one, and no bug."""
-        always = set.intersection(*({t for t, _ in e} for e in enabled))
-        return always <= {t for t, _ in steps}
-
     def _expand(
         self, ex: Execution, path: Schedule
     ) -> list[Transition] | tuple[Violation, Schedule]:
@@ -171,12 +156,4 @@ class DepthFirst(Search):
         enabled = ex.enabled()
         if enabled:
             return enabled
-        self.stats.executions += 1
-        if not ex.finished():
-            return ex.deadlock(), list(path)
-        violation = ex.finish()
-        if violation is not None:
-            return violation, list(path)
-        self.final_states.add(ex.fingerprint())
-        self.final_canonical.add(ex.canonical_fingerprint())
-        return []
+        return self.end_of_execution(ex, path) or []

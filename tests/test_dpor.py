@@ -204,6 +204,23 @@ def test_kvm_same_verdict_and_final_states(scenario: str, vcpus: int, kernel: st
             assert b.stats.executions < a.stats.executions
 
 
+# The page-table layer: the scenarios on every kernel, its mutants on v6.9.
+PAGE_TABLES = [*((s, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in KERNELS),
+               *(("stress", "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
+
+
+@pytest.mark.parametrize(("scenario", "kernel", "mutant"), PAGE_TABLES)
+def test_kvm_page_tables_same_verdict_and_final_states(scenario: str, kernel: str,
+                                                       mutant: str | None) -> None:
+    prog = Config(scenario, kernel, mutant, 1).program()
+    plain = DepthFirst(prog, FAST)
+    plain.result = plain.run()  # type: ignore[attr-defined]
+    reduced = dpor(prog, True)
+    agree(plain, reduced, prog)
+    if mutant is None:
+        assert reduced.result.stats.executions < plain.result.stats.executions  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_kvm_stateless(kernel: str) -> None:
     """Stateless DPOR against every interleaving (both without the cache)."""

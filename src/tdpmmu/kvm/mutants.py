@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tdpmmu.explore.runtime import Op, inline
-from tdpmmu.kernel.bug import KVM_BUG_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rculist import list_add_rcu
 from tdpmmu.kernel.rwlock import read_lock, read_unlock
@@ -94,11 +93,7 @@ class PutBeforeZap(Base):
     while it is zapped."""
 
     @inline
-    def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
-        if not root.tdp_mmu_scheduled_root_to_zap:
-            return
-        root.tdp_mmu_scheduled_root_to_zap = False
-        KVM_BUG_ON(not root.role.invalid, kvm, "!root->role.invalid")
+    def zap_then_put_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
         yield from self.kvm_tdp_mmu_put_root(kvm, root)  # the mutation: put first
         yield from self.tdp_mmu_zap_root(kvm, root, True)
 

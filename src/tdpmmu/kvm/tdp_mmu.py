@@ -300,6 +300,11 @@ class TdpMmu:
             return
         root.tdp_mmu_scheduled_root_to_zap = False
         KVM_BUG_ON(not root.role.invalid, kvm, "!root->role.invalid")
+        yield from self.zap_then_put_root(kvm, root)
+
+    @inline
+    def zap_then_put_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        """The tail of that loop body, the order a mutant changes."""
         # No TLB flush: vCPUs flush when they load a new root.
         yield from self.tdp_mmu_zap_root(kvm, root, True)
         # Put the TDP MMU's reference *after* zapping: mmu_notifiers must still

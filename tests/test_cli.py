@@ -304,3 +304,11 @@ def test_corpus_command_runs_the_rows_asked_for() -> None:
 
 def test_corpus_command_rejects_unknown_rows() -> None:
     assert "unknown corpus row B99" in one_error_line(run("corpus", "--only", "B99"))
+
+
+def test_gfns_option() -> None:
+    out = json.loads(run("check", "mmu-notifier", "--vcpus", "1", "--gfns", "1", "--json").stdout)
+    assert out["verdict"] == "pass" and out["gfns"] == 1
+    default = json.loads(run("check", "mmu-notifier", "--vcpus", "1", "--json").stdout)
+    assert default["gfns"] == 2 and default["states"] > out["states"]
+    assert "--gfns must be between 1 and 4" in one_error_line(run("check", "stress", "--gfns", "9"))

@@ -182,11 +182,14 @@ def test_lost_update_needs_the_race_reversed() -> None:
 # Every configuration plain search runs in about a second: the mutants' bugs and the real
 # kernels, on every kernel version.
 KVM = [("vcpu-load", 1), ("vcpu-load", 2), ("memslot-delete", 1)]
+CONFIGS = [(s, v, k, m) for s, v in KVM for k in KERNELS for m in (None, *MUTANTS)]
+# The page-table layer: its scenarios on every kernel, its mutants on v6.9.
+CONFIGS += [*((s, 1, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in KERNELS),
+            *(("stress", 1, "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
 
 
-@pytest.mark.parametrize("mutant", [None, *MUTANTS])
-@pytest.mark.parametrize("kernel", list(KERNELS))
-@pytest.mark.parametrize(("scenario", "vcpus"), KVM, ids=[f"{s}-{v}" for s, v in KVM])
+@pytest.mark.parametrize(("scenario", "vcpus", "kernel", "mutant"), CONFIGS,
+                         ids=[f"{s}-{v}-{k}-{m}" for s, v, k, m in CONFIGS])
 def test_kvm_same_verdict_and_final_states(scenario: str, vcpus: int, kernel: str,
                                            mutant: str | None) -> None:
     prog = Config(scenario, kernel, mutant, vcpus).program()
@@ -202,23 +205,6 @@ def test_kvm_same_verdict_and_final_states(scenario: str, vcpus: int, kernel: st
         assert b.stats.executions <= a.stats.executions
         if (scenario, vcpus) != ("vcpu-load", 1):
             assert b.stats.executions < a.stats.executions
-
-
-# The page-table layer: the scenarios on every kernel, its mutants on v6.9.
-PAGE_TABLES = [*((s, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in KERNELS),
-               *(("stress", "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
-
-
-@pytest.mark.parametrize(("scenario", "kernel", "mutant"), PAGE_TABLES)
-def test_kvm_page_tables_same_verdict_and_final_states(scenario: str, kernel: str,
-                                                       mutant: str | None) -> None:
-    prog = Config(scenario, kernel, mutant, 1).program()
-    plain = DepthFirst(prog, FAST)
-    plain.result = plain.run()  # type: ignore[attr-defined]
-    reduced = dpor(prog, True)
-    agree(plain, reduced, prog)
-    if mutant is None:
-        assert reduced.result.stats.executions < plain.result.stats.executions  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))

@@ -19,6 +19,7 @@ locals that live across a point (root, pos, a spte snapshot), reset when dead.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 MAXR = 2  # roots ever allocated: memslot-delete needs 2 (allocating a 3rd asserts)
@@ -252,15 +253,22 @@ def invalidate_all_roots(t: Thread) -> None:
     t.step("kvm_tdp_mmu_invalidate_all_roots: walk roots", ["INVALIDATE_ALL()", "CHECK_ROOTS()"])
 
 
-def zap_invalidated_roots(t: Thread) -> None:
-    read_lock(t)
+def for_each_root_yield_safe(t: Thread, body: Callable[[], None]) -> None:
+    """The yield-safe iterator's expansion, unrolled: ``body`` runs with `root` set."""
     next_root(t, None, False)
     out: list[list[object]] = []
     for _ in range(MAXR + 1):
         have, none = t.split("root != 0")
         out += none
         t.open = have
-        # zap_invalidated_root() (inline)
+        body()
+        next_root(t, "root", False)
+    t.plain("assert(false)")
+    t.open = out
+
+
+def zap_invalidated_roots(t: Thread) -> None:
+    def zap_invalidated_root() -> None:
         t.plain("TOUCH(root)", "r_sched[root] = r_sched[root] || MUTANT")
         sched, unsched = t.split("r_sched[root]")
         t.open = sched
@@ -268,9 +276,9 @@ def zap_invalidated_roots(t: Thread) -> None:
         zap_root(t, shared=True)
         put_root(t, "root")
         t.open += unsched
-        next_root(t, "root", False)
-    t.plain("assert(false)")
-    t.open = out
+
+    read_lock(t)
+    for_each_root_yield_safe(t, zap_invalidated_root)
     read_unlock(t)
 
 
@@ -393,16 +401,7 @@ def destroy_thread() -> Thread:
     t.step("wait_event(users_count == 0)", guard="users == 0")
     # kvm_mmu_zap_all()
     write_lock(t)
-    next_root(t, None, False)
-    out: list[list[object]] = []
-    for _ in range(MAXR + 1):
-        have, none = t.split("root != 0")
-        out += none
-        t.open = have
-        zap_root(t, shared=False)
-        next_root(t, "root", False)
-    t.plain("assert(false)")
-    t.open = out
+    for_each_root_yield_safe(t, lambda: zap_root(t, shared=False))
     write_unlock(t)
     for v in range(MAXN):  # kvm_mmu_unload(vcpu) for each vCPU
         has, empty = t.split(f"{v} < N && hpa[{v}] != 0")

@@ -74,10 +74,15 @@ class Config:
             return "preemption-bounded"
         return self.search
 
+    @property
+    def nr_gfns(self) -> int:
+        """``gfns``, or the scenario's default."""
+        return self.gfns or SCENARIOS[self.scenario].gfns
+
     def program(self) -> KvmProgram:
         self.validate()
         kernel = build_kernel(KERNELS[self.kernel], MUTANTS[self.mutant] if self.mutant else None)
-        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.gfns)
+        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.nr_gfns)
 
 
 def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:

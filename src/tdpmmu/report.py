@@ -155,12 +155,8 @@ def _counts(stats: Stats) -> str:
     return f"{stats.states} states ({stats.executions} execution{plural}), {stats.seconds:.2f}s"
 
 
-def gfns(config: Config) -> int:
-    return config.gfns or SCENARIOS[config.scenario].gfns
-
-
 def _run(config: Config) -> str:
-    size = f" gfns={gfns(config)}" if gfns(config) != 1 else ""  # 1 for root-only scenarios
+    size = f" gfns={config.nr_gfns}" if config.nr_gfns != 1 else ""  # 1 for root-only scenarios
     return f"{kernel_label(config)} {config.scenario} vcpus={config.vcpus}{size}"
 
 
@@ -253,7 +249,7 @@ def _config_json(config: Config) -> dict[str, Any]:
         "kernel": config.kernel,
         "mutant": config.mutant,
         "vcpus": config.vcpus,
-        "gfns": gfns(config),
+        "gfns": config.nr_gfns,
     }
     if config.mutant:
         out["expected"] = expected_kinds(config)

@@ -149,6 +149,14 @@ def objects_of(cls: type[S], *, live_only: bool = False) -> list[S]:
     ]
 
 
+def set_item(obj: Struct, field: str, index: int, value: Hashable) -> None:
+    """``obj->field[index] = value`` for an array field (stored as a tuple, so that
+    cell values stay immutable): one read and one write of the field."""
+    items = list(getattr(obj, field))
+    items[index] = value
+    setattr(obj, field, tuple(items))
+
+
 def next_name(cls: type[Struct], prefix: str) -> str:
     """``prefix`` + the next number among objects of ``cls`` named that way: traces say
     "root2" rather than an object id. Names are not state (not fingerprinted)."""

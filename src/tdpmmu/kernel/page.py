@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from tdpmmu.explore.runtime import Op, primitive, world
-from tdpmmu.kernel.memory import Field, Struct, kfree, kzalloc
+from tdpmmu.kernel.memory import Field, Struct, kfree, kzalloc, set_item
 
 
 class page(Struct):
@@ -60,12 +60,6 @@ class mm_struct(Struct):
     pte = Field(())  # pte[gfn]: the page mapped there, or None
 
 
-def set_pte(mm: mm_struct, addr: int, p: page | None) -> None:
-    pte = list(mm.pte)
-    pte[addr] = p
-    mm.pte = tuple(pte)
-
-
 @primitive
 def get_user_page(mm: mm_struct, addr: int) -> Generator[Op, int, page]:
     """get_user_pages() of one page with FOLL_GET: faults a page in if none is mapped,
@@ -74,7 +68,7 @@ def get_user_page(mm: mm_struct, addr: int) -> Generator[Op, int, page]:
     p = mm.pte[addr]
     if p is None:
         p = alloc_page()
-        set_pte(mm, addr, p)
+        set_item(mm, "pte", addr, p)
         world().note(f"faulted in {p!r}")
     p._refcount += 1
     return p  # type: ignore[no-any-return]

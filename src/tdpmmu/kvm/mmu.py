@@ -9,6 +9,7 @@ from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.atomic import READ_ONCE
 from tdpmmu.kernel.bug import WARN_ON_ONCE
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_read
+from tdpmmu.kernel.memory import set_item
 from tdpmmu.kernel.page import get_user_page, page, put_page
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
@@ -43,9 +44,7 @@ def set_root_hpa(mmu: kvm_mmu, slot: int, hpa: kvm_mmu_page | None) -> None:
     if slot == CURRENT:
         mmu.root.hpa = hpa
     else:
-        prev = list(mmu.prev_roots)
-        prev[slot] = hpa
-        mmu.prev_roots = tuple(prev)
+        set_item(mmu, "prev_roots", slot, hpa)
 
 
 class Mmu(TdpMmu):

@@ -107,7 +107,9 @@ class NotifierNoRootRefs(Base):
                                     may_block: bool, flush: bool) -> Generator[Op, int, bool]:
         lockdep_assert_held_write(kvm.mmu_lock)
         head = kvm.arch.tdp_mmu_roots
-        pos = head.next  # list_for_each_entry(): plain reads under mmu_lock
+        # list_for_each_entry(): plain reads under mmu_lock, spelled out because the
+        # body yields (a for-loop over list_for_each() would hide its position).
+        pos = head.next
         while pos != head:
             root = pos.container()
             if kvm_mmu_page_as_id(root) == as_id:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from tdpmmu.kernel.memory import set_item
 from tdpmmu.kvm.spte import (
     KVM_PAGES_PER_HPAGE,
     SPTE_ENT_PER_PAGE,
@@ -45,6 +46,11 @@ class TdpIter(NamedTuple):
 def kvm_tdp_mmu_read_spte(sptep: SptePtr) -> object:
     table, index = sptep
     return table.spt[index]
+
+
+def kvm_tdp_mmu_write_spte(sptep: SptePtr, spte: object) -> None:
+    table, index = sptep
+    set_item(table, "spt", index, spte)
 
 
 def tdp_iter_refresh_sptep(it: TdpIter) -> TdpIter:

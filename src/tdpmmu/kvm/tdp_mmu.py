@@ -64,7 +64,13 @@ from tdpmmu.kvm.structs import (
     kvm_page_fault,
     kvm_vcpu,
 )
-from tdpmmu.kvm.tdp_iter import TdpIter, tdp_iter_next, tdp_iter_start, tdp_iter_valid
+from tdpmmu.kvm.tdp_iter import (
+    TdpIter,
+    kvm_tdp_mmu_write_spte,
+    tdp_iter_next,
+    tdp_iter_start,
+    tdp_iter_valid,
+)
 
 Steps = Generator[Op, int, None]
 EBUSY = 16
@@ -320,7 +326,8 @@ class TdpMmu:
         for level in self.ZAP_ROOT_LEVELS:
             # 0 is root->role.level; the model's roots sit at level 2, so the 1G pass
             # of a real 4-level root is the pass over the root's own entries here.
-            yield from self._tdp_mmu_zap_root(kvm, root, shared, min(level or 99, root.role.level))
+            root_level = root.role.level
+            yield from self._tdp_mmu_zap_root(kvm, root, shared, min(level or root_level, root_level))
         yield from rcu_read_unlock()
 
     def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int) -> Steps:
@@ -393,7 +400,7 @@ class TdpMmu:
         if current != it.old_spte:
             world().note(f"fails: now {current!r}")
             return -EBUSY, it._replace(old_spte=current)
-        self._write_spte(table, index, new_spte)
+        kvm_tdp_mmu_write_spte((table, index), new_spte)
         yield from self.handle_changed_spte(kvm, it.gfn, it.old_spte, new_spte, it.level, True)
         return 0, it
 
@@ -406,15 +413,9 @@ class TdpMmu:
                      "is_removed_spte(old_spte) || is_removed_spte(new_spte)")
         table, index = it.sptep
         old_spte = table.spt[index]
-        self._write_spte(table, index, new_spte)
+        kvm_tdp_mmu_write_spte((table, index), new_spte)
         yield from self.handle_changed_spte(kvm, it.gfn, old_spte, new_spte, it.level, False)
         return it._replace(old_spte=new_spte)
-
-    @staticmethod
-    def _write_spte(table: kvm_mmu_page, index: int, spte: object) -> None:
-        spt = list(table.spt)
-        spt[index] = spte
-        table.spt = tuple(spt)
 
     def handle_changed_spte(self, kvm: Kvm, gfn: int, old_spte: object, new_spte: object,
                             level: int, shared: bool) -> Steps:
@@ -453,14 +454,14 @@ class TdpMmu:
                 while True:  # another thread may have frozen it: wait
                     yield Op("xchg", f"{sp!r}[{i}]", REMOVED_SPTE)
                     old_spte = sp.spt[i]
-                    self._write_spte(sp, i, REMOVED_SPTE)
+                    kvm_tdp_mmu_write_spte((sp, i), REMOVED_SPTE)
                     if not is_removed_spte(old_spte):
                         break
             else:
                 old_spte = sp.spt[i]
                 if not is_shadow_present_pte(old_spte):
                     continue
-                self._write_spte(sp, i, REMOVED_SPTE)
+                kvm_tdp_mmu_write_spte((sp, i), REMOVED_SPTE)
             yield from self.handle_changed_spte(kvm, gfn, old_spte, REMOVED_SPTE, level, shared)
         yield from call_rcu(sp, self.tdp_mmu_free_sp_rcu_callback)
 

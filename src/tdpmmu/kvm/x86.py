@@ -7,7 +7,8 @@ from collections.abc import Generator, Sequence
 
 from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.atomic import WRITE_ONCE
-from tdpmmu.kernel.page import put_page, set_pte
+from tdpmmu.kernel.memory import set_item
+from tdpmmu.kernel.page import put_page
 from tdpmmu.kernel.requests import (
     IN_GUEST_MODE,
     OUTSIDE_GUEST_MODE,
@@ -172,7 +173,7 @@ class X86(Mmu):
             p = mm.pte[addr]
             if p is None:
                 continue
-            set_pte(mm, addr, None)
+            set_item(mm, "pte", addr, None)
             if (yield from put_page(p)):
                 self.check_page_unmapped(kvm, p)
         yield from self.kvm_mmu_notifier_invalidate_range_end(kvm, start, end)

@@ -208,7 +208,14 @@ class World:
         return self.peek((oid, "__type__"))
 
     def name_of(self, oid: int) -> str:
-        return str(self.peek((oid, NAME)))
+        """An object's display name. Names are not state: reading one is not logged (no
+        thread's behaviour depends on it, and a dependency on it would be spurious)."""
+        return str(self.cells.get((oid, NAME), f"#{oid}"))
+
+    def names(self) -> list[tuple[Any, str]]:
+        """(type, display name) of every object allocated so far, unlogged like ``name_of``."""
+        cells = self.cells
+        return [(cells.get((oid, "__type__")), self.name_of(oid)) for oid in range(1, int(cells[NEXT_OID]))]
 
     def oids(self) -> range:
         return range(1, self.peek(NEXT_OID))
@@ -242,10 +249,11 @@ class World:
             stack = _model_stack()
             self.violation = Violation(kind, message, function=stack[-1] if stack else "", stack=stack)
 
-    def note(self, text: str) -> None:
-        """Say what a step did (e.g. a refcount's new value); kept only for traces."""
+    def note(self, text: str, *args: object) -> None:
+        """Say what a step did (e.g. a refcount's new value); kept only for traces, so
+        ``text.format(*args)`` is built only when tracing."""
         if self.tracing:
-            self.notes.append(text)
+            self.notes.append(text.format(*args) if args else text)
 
     @property
     def thread_name(self) -> str:
@@ -284,6 +292,12 @@ class ReplayWorld(World):
 
     def report(self, kind: str, message: str) -> None:
         pass
+
+    def name_of(self, oid: int) -> str:
+        return f"#{oid}"  # nothing a rebuilt thread says is shown
+
+    def names(self) -> list[tuple[Any, str]]:
+        return []
 
 
 def _model_stack() -> list[str]:

@@ -160,8 +160,7 @@ def set_item(obj: Struct, field: str, index: int, value: Hashable) -> None:
 def next_name(cls: type[Struct], prefix: str) -> str:
     """``prefix`` + the next number among objects of ``cls`` named that way: traces say
     "root2" rather than an object id. Names are not state (not fingerprinted)."""
-    w = world()
-    n = sum(1 for oid in w.oids() if w.type_of(oid) is cls and w.name_of(oid).startswith(prefix))
+    n = sum(1 for kind, name in world().names() if kind is cls and name.startswith(prefix))
     return f"{prefix}{n + 1}"
 
 

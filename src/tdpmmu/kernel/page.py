@@ -42,7 +42,7 @@ def put_page(p: page) -> Generator[Op, int, bool]:
     p._refcount = n
     if n:
         return False
-    world().note(f"{p!r} freed")
+    world().note("{!r} freed", p)
     kfree(p)
     return True
 
@@ -69,6 +69,6 @@ def get_user_page(mm: mm_struct, addr: int) -> Generator[Op, int, page]:
     if p is None:
         p = alloc_page()
         set_item(mm, "pte", addr, p)
-        world().note(f"faulted in {p!r}")
+        world().note("faulted in {!r}", p)
     p._refcount += 1
     return p  # type: ignore[no-any-return]

@@ -120,7 +120,7 @@ def rcu_callback_thread() -> Generator[Op, int, None]:
         obj, fn, _ = pending[i]
         RCU.pending = pending[:i] + pending[i + 1 :]
         RCU.running = int(RCU.running) + 1
-        world().note(f"{getattr(fn, '__name__', fn)}({obj})")
+        world().note("{}({})", getattr(fn, '__name__', fn), obj)
         result = fn(obj)
         if isinstance(result, Generator):
             yield from result

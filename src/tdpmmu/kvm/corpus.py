@@ -332,7 +332,7 @@ class ScheduleOutsideWriteLock(Base):
         root = yield from self.tdp_mmu_next_root(kvm, None, True)
         while root is not None:
             root.tdp_mmu_scheduled_root_to_zap = True
-            world().note(f"{root!r} scheduled to zap")
+            world().note("{!r} scheduled to zap", root)
             root = yield from self.tdp_mmu_next_root(kvm, root, True)
         yield from read_unlock(kvm.mmu_lock)
         yield from super().kvm_mmu_zap_all_fast(kvm)

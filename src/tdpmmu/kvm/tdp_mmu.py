@@ -288,7 +288,7 @@ class TdpMmu:
             root.tdp_mmu_scheduled_root_to_zap = True
             root.role.invalid = True
             kvm.obsolete_roots_unannounced = True  # ghost: until the request is posted
-            world().note(f"{root!r} invalid, scheduled to zap")
+            world().note("{!r} invalid, scheduled to zap", root)
 
     def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm) -> Steps:
         yield from read_lock(kvm.mmu_lock)
@@ -398,7 +398,7 @@ class TdpMmu:
         yield Op("try_cmpxchg64", f"{table!r}[{index}]", f"{it.old_spte!r} -> {new_spte!r}")
         current = table.spt[index]
         if current != it.old_spte:
-            world().note(f"fails: now {current!r}")
+            world().note("fails: now {!r}", current)
             return -EBUSY, it._replace(old_spte=current)
         kvm_tdp_mmu_write_spte((table, index), new_spte)
         yield from self.handle_changed_spte(kvm, it.gfn, it.old_spte, new_spte, it.level, True)

@@ -215,7 +215,8 @@ class World:
     def names(self) -> list[tuple[Any, str]]:
         """(type, display name) of every object allocated so far, unlogged like ``name_of``."""
         cells = self.cells
-        return [(cells.get((oid, "__type__")), self.name_of(oid)) for oid in range(1, int(cells[NEXT_OID]))]
+        count: int = cells[NEXT_OID]  # type: ignore[assignment]
+        return [(cells.get((oid, "__type__")), self.name_of(oid)) for oid in range(1, count)]
 
     def oids(self) -> range:
         return range(1, self.peek(NEXT_OID))

@@ -36,7 +36,9 @@ from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
+    list_first_or_null_unchecked,
     list_head,
+    list_next_or_null_unchecked,
 )
 from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_inc
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
@@ -93,25 +95,6 @@ def list_del_rcu_unserialized(entry: list_head) -> Steps:
     yield Op("list_del_rcu", entry.container(), "WRITE_ONCE(prev->next, next)")
     prv.next = nxt
     entry.prev = LIST_POISON2
-
-
-@inline
-@primitive
-def list_first_or_null_unchecked(head: list_head) -> Generator[Op, int, list_head | None]:
-    """``list_first_or_null_rcu`` on a kernel without CONFIG_PROVE_RCU: no lockdep-RCU
-    splat when called outside rcu_read_lock()."""
-    yield Op("list_first_or_null_rcu", head)
-    first: list_head = head.next
-    return None if first == head else first
-
-
-@inline
-@primitive
-def list_next_or_null_unchecked(head: list_head, ptr: list_head) -> Generator[Op, int, list_head | None]:
-    """``list_next_or_null_rcu`` without CONFIG_PROVE_RCU."""
-    yield Op("list_next_or_null_rcu", ptr.container())
-    nxt: list_head = ptr.next
-    return None if nxt == head else nxt
 
 
 @inline

@@ -52,7 +52,7 @@ MISSED_BY_PCT = {"notifier-no-root-refs"}
     else n for n, m in MUTANTS.items() if not m.harmless])
 def test_random_pct_finds_every_mutant(name: str) -> None:
     m = MUTANTS[name]
-    r = check(Config(m.scenario, mutant=name, vcpus=m.vcpus, random_runs=500, seed=1), FAST)
+    r = check(Config(m.scenario, m.kernel, name, m.vcpus, random_runs=500, seed=1), FAST)
     assert r.verdict == "violation" and r.violation is not None and r.violation.kind in m.expect
 
 

@@ -44,7 +44,9 @@ def test_yilun_scenario_needs_a_preemption() -> None:
 # to be put and its RCU callback to run, all before the notifier resumes: PCT found it
 # in none of 5,000 runs (seed 1), where the exhaustive search needs ~10 s. Kept as a
 # strict xfail: a better random search will show up here.
-MISSED_BY_PCT = {"notifier-no-root-refs"}
+# B15's aging-nonatomic-clear needs the aging thread's read and its stale store to
+# straddle the unmap's zap: none of 500 runs (seed 1) does; DPOR finds it in 263 states.
+MISSED_BY_PCT = {"notifier-no-root-refs", "aging-nonatomic-clear"}
 
 
 @pytest.mark.parametrize("name", [

@@ -182,10 +182,26 @@ def test_lost_update_needs_the_race_reversed() -> None:
 # Every configuration plain search runs in about a second: the mutants' bugs and the real
 # kernels, on every kernel version.
 KVM = [("vcpu-load", 1), ("vcpu-load", 2), ("memslot-delete", 1)]
-CONFIGS = [(s, v, k, m) for s, v in KVM for k in KERNELS for m in (None, *MUTANTS)]
+
+
+def _runs(kernel: str, mutant: str) -> bool:
+    """The kernel has the code the mutant changes (``Config.validate``)."""
+    return issubclass(KERNELS[kernel], KERNELS[MUTANTS[mutant].kernel])
+
+
+# v6.9+lockless-aging is v6.9 but for the aging path, which only the aging scenarios run,
+# and the aging mutants change nothing else: both are left out of the other scenarios.
+ROOT_KERNELS = [k for k in KERNELS if k != "v6.9+lockless-aging"]
+CONFIGS = [(s, v, k, m) for s, v in KVM for k in ROOT_KERNELS for m in (None, *MUTANTS)
+           if m is None or (_runs(k, m) and not MUTANTS[m].scenario.startswith("aging"))]
 # The page-table layer: its scenarios on every kernel, its mutants on v6.9.
-CONFIGS += [*((s, 1, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in KERNELS),
+CONFIGS += [*((s, 1, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in ROOT_KERNELS),
             *(("stress", 1, "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
+# Aging (B15): under mmu_lock (v6.9) and lockless, and the lockless walk's mutants.
+CONFIGS += [("aging-unmap", 1, "v6.9", None), ("aging-unmap", 1, "v6.9+lockless-aging", None),
+            ("aging", 1, "v6.9+lockless-aging", None),
+            *((MUTANTS[m].scenario, 1, MUTANTS[m].kernel, m)
+              for m in ("aging-outside-rcu", "aging-nonatomic-clear"))]
 
 
 @pytest.mark.parametrize(("scenario", "vcpus", "kernel", "mutant"), CONFIGS,

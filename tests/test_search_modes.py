@@ -44,7 +44,9 @@ def test_yilun_scenario_needs_a_preemption() -> None:
 # to be put and its RCU callback to run, all before the notifier resumes: PCT found it
 # in none of 5,000 runs (seed 1), where the exhaustive search needs ~10 s. Kept as a
 # strict xfail: a better random search will show up here.
-MISSED_BY_PCT = {"notifier-no-root-refs"}
+# B15's aging-nonatomic-clear needs the aging thread's read and its stale store to
+# straddle the unmap's zap: none of 500 runs (seed 1) does; DPOR finds it in 263 states.
+MISSED_BY_PCT = {"notifier-no-root-refs", "aging-nonatomic-clear"}
 
 
 @pytest.mark.parametrize("name", [
@@ -52,7 +54,7 @@ MISSED_BY_PCT = {"notifier-no-root-refs"}
     else n for n, m in MUTANTS.items() if not m.harmless])
 def test_random_pct_finds_every_mutant(name: str) -> None:
     m = MUTANTS[name]
-    r = check(Config(m.scenario, mutant=name, vcpus=m.vcpus, random_runs=500, seed=1), FAST)
+    r = check(Config(m.scenario, m.kernel, name, m.vcpus, random_runs=500, seed=1), FAST)
     assert r.verdict == "violation" and r.violation is not None and r.violation.kind in m.expect
 
 

@@ -33,6 +33,11 @@ def _pick(kind: str, name: str, table: dict[str, object]) -> None:
         raise BadInput(f"unknown {kind} {name!r}; known: {', '.join(table)}")
 
 
+def kernel_for(mutant: str | None) -> str:
+    """The kernel to run when none is named: the one the mutant is written against."""
+    return MUTANTS[mutant].kernel if mutant in MUTANTS else DEFAULT_KERNEL
+
+
 @dataclass(frozen=True)
 class Config:
     scenario: str
@@ -54,6 +59,10 @@ class Config:
         _pick("search", self.search, SEARCHES)  # type: ignore[arg-type]
         if self.mutant is not None:
             _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
+            base = MUTANTS[self.mutant].kernel
+            if not issubclass(KERNELS[self.kernel], KERNELS[base]):
+                raise BadInput(f"mutant {self.mutant} changes code of {base}, which kernel "
+                               f"{self.kernel} does not run: use --kernel {base}")
         if not 1 <= self.vcpus <= 8:
             raise BadInput(f"--vcpus must be between 1 and 8, not {self.vcpus}")
         if self.gfns is not None and not 1 <= self.gfns <= 4:

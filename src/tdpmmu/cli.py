@@ -17,7 +17,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from tdpmmu import report
-from tdpmmu.api import BadInput, Config
+from tdpmmu.api import BadInput, Config, kernel_for
 from tdpmmu.api import check as run_check
 from tdpmmu.explore.execution import replay_checked
 from tdpmmu.explore.result import Limits, Stats
@@ -79,7 +79,9 @@ app = typer.Typer(
 # -- shared options -------------------------------------------------------------------
 
 Scenario = Annotated[str, typer.Argument(help="Scenario to run (see `tdpmmu list`).", show_default=False)]
-Kernel = Annotated[str, typer.Option("--kernel", "-k", help="Kernel version to model (see `tdpmmu list`).")]
+Kernel = Annotated[str | None, typer.Option(
+    "--kernel", "-k", help=f"Kernel version to model (see `tdpmmu list`) [default: {DEFAULT_KERNEL}, "
+    "or the mutant's].", show_default=False)]
 Mutant = Annotated[
     str | None,
     typer.Option("--mutant", "-m", help="Deliberate bug to apply to the kernel.", show_default=False),
@@ -143,7 +145,7 @@ class ProgressDisplay:
 @app.command()
 def check(
     scenario: Scenario,
-    kernel: Kernel = DEFAULT_KERNEL,
+    kernel: Kernel = None,
     mutant: Mutant = None,
     vcpus: Vcpus = 2,
     gfns: Gfns = None,
@@ -184,7 +186,7 @@ def check(
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
     if symmetry not in ("on", "off"):
         fail(f"--symmetry takes on or off, not {symmetry!r}")
-    config = Config(scenario, kernel, mutant, vcpus, gfns, cache=not no_cache,
+    config = Config(scenario, kernel or kernel_for(mutant), mutant, vcpus, gfns, cache=not no_cache,
                     symmetry=symmetry == "on" and not no_symmetry, search=search,
                     preemptions=preemptions, random_runs=random_runs, seed=seed)
     limits = Limits(max_states=max_states, time_limit=time_limit, shrink_time=shrink_time)
@@ -204,14 +206,14 @@ def replay(
         str, typer.Option("--schedule", "-s", help="Steps as thread ids, e.g. 0,0,1,2:1 (TID:BRANCH).",
                           show_default=False)
     ],
-    kernel: Kernel = DEFAULT_KERNEL,
+    kernel: Kernel = None,
     mutant: Mutant = None,
     vcpus: Vcpus = 2,
     gfns: Gfns = None,
     as_json: AsJson = False,
 ) -> None:
     """Re-run one interleaving of SCENARIO, print its trace; exit 1 if it reaches a violation."""
-    config = Config(scenario, kernel, mutant, vcpus, gfns)
+    config = Config(scenario, kernel or kernel_for(mutant), mutant, vcpus, gfns)
     try:
         steps = decode(schedule)
         ex, violation = replay_checked(config.program(), steps, max_steps=Limits().max_steps)

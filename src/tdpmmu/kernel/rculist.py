@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 
-from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.memory import Field, Struct
 from tdpmmu.kernel.rcu import rcu_read_lock_held
 
@@ -68,6 +68,27 @@ def list_first_or_null_rcu(head: list_head) -> Generator[Op, int, list_head | No
 def list_next_or_null_rcu(head: list_head, ptr: list_head) -> Generator[Op, int, list_head | None]:
     yield Op("list_next_or_null_rcu", ptr.container())
     _check_rcu("list_next_or_null_rcu()")
+    nxt: list_head = ptr.next
+    return None if nxt == head else nxt
+
+
+# The two readers above on a kernel without CONFIG_PROVE_RCU: no lockdep-RCU splat when
+# called outside rcu_read_lock(), so what a missing read-side section costs shows as the
+# use-after-free itself. For mutants; @inline, so that a splat names their caller.
+@inline
+@primitive
+def list_first_or_null_unchecked(head: list_head) -> Generator[Op, int, list_head | None]:
+    """``list_first_or_null_rcu`` without CONFIG_PROVE_RCU."""
+    yield Op("list_first_or_null_rcu", head)
+    first: list_head = head.next
+    return None if first == head else first
+
+
+@inline
+@primitive
+def list_next_or_null_unchecked(head: list_head, ptr: list_head) -> Generator[Op, int, list_head | None]:
+    """``list_next_or_null_rcu`` without CONFIG_PROVE_RCU."""
+    yield Op("list_next_or_null_rcu", ptr.container())
     nxt: list_head = ptr.next
     return None if nxt == head else nxt
 

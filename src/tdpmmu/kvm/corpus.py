@@ -36,7 +36,9 @@ from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
 from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
+    list_first_or_null_unchecked,
     list_head,
+    list_next_or_null_unchecked,
 )
 from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_inc
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
@@ -93,25 +95,6 @@ def list_del_rcu_unserialized(entry: list_head) -> Steps:
     yield Op("list_del_rcu", entry.container(), "WRITE_ONCE(prev->next, next)")
     prv.next = nxt
     entry.prev = LIST_POISON2
-
-
-@inline
-@primitive
-def list_first_or_null_unchecked(head: list_head) -> Generator[Op, int, list_head | None]:
-    """``list_first_or_null_rcu`` on a kernel without CONFIG_PROVE_RCU: no lockdep-RCU
-    splat when called outside rcu_read_lock()."""
-    yield Op("list_first_or_null_rcu", head)
-    first: list_head = head.next
-    return None if first == head else first
-
-
-@inline
-@primitive
-def list_next_or_null_unchecked(head: list_head, ptr: list_head) -> Generator[Op, int, list_head | None]:
-    """``list_next_or_null_rcu`` without CONFIG_PROVE_RCU."""
-    yield Op("list_next_or_null_rcu", ptr.container())
-    nxt: list_head = ptr.next
-    return None if nxt == head else nxt
 
 
 @inline
@@ -686,12 +669,17 @@ CORPUS: list[CorpusRow] = [
               why_not="needs TDX mirror roots (role.is_mirror, mirror_root_hpa, root-type masks), "
               "external page tables and handle_removed_pt's KVM_BUG_ON(shared); the model "
               "has none of them"),
-    CorpusRow("B15", "lockless-aging", None, "v6.13",
-              "526e609f0567", "KVM: x86/mmu: Process only valid TDP MMU roots when aging a gfn range",
-              "a lockless walk stays inside rcu_read_lock() and writes SPTEs atomically",
-              why_not="needs the mmu_notifier aging hooks (clear_young/test_young), "
-              "for_each_tdp_mmu_root_rcu and SPTE accessed bits that aging clears; the model "
-              "has the unmap hook and treats every leaf as accessed"),
+    CorpusRow("B15", "aging-outside-rcu", MUTANTS["aging-outside-rcu"], "v6.9+lockless-aging",
+              "b146a9b34aed", "KVM: x86/mmu: Relax locking for kvm_test_age_gfn() and kvm_age_gfn() "
+              "(lockless aging of the valid roots, after 526e609f0567 Process only valid TDP MMU "
+              "roots when aging a gfn range)",
+              "a walk without mmu_lock stays inside rcu_read_lock(): no root or page table it can "
+              "reach is freed under it"),
+    CorpusRow("B15", "aging-nonatomic-clear", MUTANTS["aging-nonatomic-clear"], "v6.9+lockless-aging",
+              "e29b74920e6f", "KVM: x86/mmu: Factor out spte atomic bit clearing routine (the atomic "
+              "Accessed-bit clear b146a9b34aed's lockless aging relies on)",
+              "SPTEs written without mmu_lock are written atomically: no concurrent zap is undone "
+              "(when an unmap returns, nothing maps the range)"),
     CorpusRow("M1", "no-recheck", MUTANTS["no-recheck"], "v6.9",
               "", "kvm_tdp_mmu_alloc_root() without the recheck under tdp_mmu_pages_lock",
               "at most one valid root per role.word", min_vcpus=2),

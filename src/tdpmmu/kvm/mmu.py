@@ -229,6 +229,14 @@ class Mmu(TdpMmu):
         # The rmap walk is for shadow pages; there are none with the TDP MMU.
         return (yield from self.kvm_tdp_mmu_unmap_gfn_range(kvm, as_id, start, end, may_block, False))
 
+    # -- mmu_notifier aging (kernel-protocol.md §5 B15) -------------------------------
+    def kvm_age_gfn(self, kvm: Kvm, as_id: int, start: int, end: int) -> Generator[Op, int, bool]:
+        # The rmap walk is for shadow pages; there are none with the TDP MMU.
+        return (yield from self.kvm_tdp_mmu_age_gfn_range(kvm, as_id, start, end))
+
+    def kvm_test_age_gfn(self, kvm: Kvm, as_id: int, start: int, end: int) -> Generator[Op, int, bool]:
+        return (yield from self.kvm_tdp_mmu_test_age_gfn(kvm, as_id, start, end))
+
     # -- VM teardown (notes §5.11) ----------------------------------------------------------
     def kvm_mmu_uninit_vm(self, kvm: Kvm) -> Steps:
         yield from self.kvm_mmu_uninit_tdp_mmu(kvm)

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from tdpmmu.explore.runtime import Op, inline
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
-from tdpmmu.kernel.rculist import list_add_rcu
+from tdpmmu.kernel.rculist import list_add_rcu, list_first_or_null_unchecked, list_next_or_null_unchecked
 from tdpmmu.kernel.rwlock import read_lock, read_unlock
 from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
 from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
-from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id
+from tdpmmu.kvm.tdp_iter import TdpIter
+from tdpmmu.kvm.tdp_mmu import TdpMmu, kvm_mmu_page_as_id
+from tdpmmu.kvm.versions import V6_9_LocklessAging
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -26,8 +28,9 @@ Steps = Generator[Op, int, None]
 # Type checkers see it as a Kernel subclass; at run time it is a plain mixin.
 if TYPE_CHECKING:
     Base = Kernel
+    LocklessAgingBase = V6_9_LocklessAging  # the mutants of that kernel's aging code
 else:
-    Base = object
+    Base = LocklessAgingBase = object
 
 
 class ZapUnscheduledRoots(Base):
@@ -118,6 +121,29 @@ class NotifierNoRootRefs(Base):
         return flush
 
 
+class AgingOutsideRcu(LocklessAgingBase):
+    """B15: the lockless aging walk (``v6.9+lockless-aging``) without its RCU read-side
+    section, on a kernel without CONFIG_PROVE_RCU (whose list accessors would splat
+    first). Nothing then keeps the root or page table the walk stands on alive: the
+    zap's call_rcu() waits only for readers, and this walker is none."""
+
+    def _kvm_tdp_mmu_age_gfn_range(self, kvm: Kvm, as_id: int, start: int, end: int,
+                                   test_only: bool) -> Generator[Op, int, bool]:
+        return (yield from self.tdp_mmu_age_roots_rcu(
+            kvm, as_id, start, end, test_only, list_first_or_null_unchecked, list_next_or_null_unchecked))
+
+
+class AgingNonatomicClear(LocklessAgingBase):
+    """B15: the lockless aging walk (``v6.9+lockless-aging``) clears the Accessed bit
+    the way it did under mmu_lock held for write, with ``tdp_mmu_clear_spte_bits()``: a
+    plain store of the value it read (b146a9b34aed without e29b74920e6f's atomic AND).
+    A change made between the read and the store is lost: an mmu_notifier unmap's zap
+    is undone, and the SPTE maps the page again while the mm frees it."""
+
+    def kvm_tdp_mmu_age_spte(self, kvm: Kvm, it: TdpIter) -> Generator[Op, int, TdpIter]:
+        return (yield from TdpMmu.kvm_tdp_mmu_age_spte(self, kvm, it))
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
@@ -130,6 +156,7 @@ class Mutant:
     harmless: str = ""
     vcpus: int = 2  # the configuration the tests run it in (a depth-first search of a
     # larger one can take long to reach the bug: stress at 2 vCPUs is millions of states)
+    kernel: str = "v6.9"  # the kernel whose code it mutates (tests and the corpus use it)
 
     @property
     def summary(self) -> str:
@@ -157,6 +184,13 @@ MUTANTS: dict[str, Mutant] = {
                vcpus=1),
         Mutant("notifier-no-root-refs", NotifierNoRootRefs, frozenset({"use-after-free"}),
                "stress", "B03 7533377215b6", vcpus=1),
+        Mutant("aging-outside-rcu", AgingOutsideRcu, frozenset({"use-after-free"}),
+               "aging", "B15 b146a9b34aed (lockless aging needs rcu_read_lock)", vcpus=1,
+               kernel="v6.9+lockless-aging"),
+        Mutant("aging-nonatomic-clear", AgingNonatomicClear,
+               frozenset({"use-after-free", "notifier-incomplete", "BUG"}),
+               "aging-unmap", "B15 e29b74920e6f (lockless aging needs an atomic clear)", vcpus=1,
+               kernel="v6.9+lockless-aging"),
     )
 }
 

@@ -68,6 +68,21 @@ def stress(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]
     return [*fault_vs_zap(k, kvm, vcpus), _mm_unmap(k, kvm)]
 
 
+def _mm_age(k: Kernel, kvm: Kvm) -> ThreadSpec:
+    return ThreadSpec("aging", partial(k.mm_age_range, kvm, 0, k.tdp_mmu_max_gfn_exclusive()))
+
+
+def aging(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    # The second entry does not fault: it services FREE_OBSOLETE_ROOTS, so the vCPU's
+    # root can be freed while the mm is still aging.
+    return [*_vcpus(k, vcpus, (*_all_gfns(k), None)), _mm_age(k, kvm),
+            ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
+
+
+def aging_unmap(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    return [*_vcpus(k, vcpus, _all_gfns(k)), _mm_age(k, kvm), _mm_unmap(k, kvm)]
+
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -85,5 +100,9 @@ SCENARIOS = {
                  mmu_notifier, gfns=2),
         Scenario("stress", "fault-vs-zap and mmu-notifier at once: faults, a memslot deletion "
                  "and an unmap", stress, gfns=2),
+        Scenario("aging", "vCPUs fault while the mm ages the range (clear_young, test_young) and "
+                 "a memslot is deleted", aging),
+        Scenario("aging-unmap", "vCPUs fault while the mm ages the range and, on another CPU, "
+                 "unmaps it and frees the pages", aging_unmap),
     )
 }

@@ -9,7 +9,10 @@ of 512: what matters is that a walk steps sideways, not how far.
 
 An SPTE is a hashable value: ``SHADOW_NONPRESENT_VALUE``, ``REMOVED_SPTE`` (frozen by
 ``handle_removed_pt``) or a present :class:`Spte` pointing to a page (leaf) or a child
-page table (non-leaf).
+page table (non-leaf). Of the SPTE's bits only the Accessed bit is modeled (A/D bits
+enabled, the EPT default): a fault installs a young leaf, aging clears the bit. The CPU
+setting it again on a guest access is not modeled (aging may miss it: harmless, as the
+kernel clears it without a TLB flush anyway).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ SPTE_LEVEL_BITS = 1  # log2(SPTE_ENT_PER_PAGE)
 TDP_ROOT_LEVEL = 2
 
 SHADOW_NONPRESENT_VALUE = 0
-REMOVED_SPTE = "REMOVED_SPTE"
+REMOVED_SPTE = "REMOVED_SPTE"  # FROZEN_SPTE: has no Accessed bit (so clearing it is a no-op)
+shadow_accessed_mask = "shadow_accessed_mask"  # the only bit a mask may name here
 
 
 class Spte(NamedTuple):
@@ -31,9 +35,10 @@ class Spte(NamedTuple):
 
     pfn: Struct
     leaf: bool
+    accessed: bool = True  # shadow_accessed_mask
 
     def __repr__(self) -> str:
-        return f"{'leaf' if self.leaf else 'table'}({self.pfn!r})"
+        return f"{'leaf' if self.leaf else 'table'}({self.pfn!r}{'' if self.accessed else ', !A'})"
 
 
 def is_shadow_present_pte(spte: object) -> bool:
@@ -46,6 +51,16 @@ def is_removed_spte(spte: object) -> bool:
 
 def is_last_spte(spte: object, level: int) -> bool:
     return type(spte) is Spte and spte.leaf
+
+
+def is_accessed_spte(spte: object) -> bool:
+    return type(spte) is Spte and spte.accessed
+
+
+def spte_clear_bits(spte: object, mask: str) -> object:
+    """``spte & ~mask``: only a present SPTE carries the Accessed bit."""
+    assert mask == shadow_accessed_mask
+    return spte._replace(accessed=False) if type(spte) is Spte else spte
 
 
 def spte_to_pfn(spte: Spte) -> Struct:

@@ -12,14 +12,17 @@ under it is reported as a use-after-free.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any, NamedTuple
 
+from tdpmmu.explore.runtime import Op, primitive
 from tdpmmu.kernel.memory import set_item
 from tdpmmu.kvm.spte import (
     KVM_PAGES_PER_HPAGE,
     SPTE_ENT_PER_PAGE,
     SPTE_INDEX,
     round_gfn_for_level,
+    spte_clear_bits,
     spte_to_child_pt,
 )
 
@@ -51,6 +54,31 @@ def kvm_tdp_mmu_read_spte(sptep: SptePtr) -> object:
 def kvm_tdp_mmu_write_spte(sptep: SptePtr, spte: object) -> None:
     table, index = sptep
     set_item(table, "spt", index, spte)
+
+
+@primitive
+def tdp_mmu_clear_spte_bits(sptep: SptePtr, old_spte: object, mask: str) -> Generator[Op, int, object]:
+    """tdp_iter.h, for an SPTE it deems not volatile (the model has no Writable/Dirty
+    bits, so every SPTE here): a plain store of ``old_spte & ~mask``, computed from the
+    value the caller read earlier; correct only while nothing else can change the SPTE
+    (mmu_lock held for write). The store is a scheduling point of its own, so that the
+    window after the read is explored."""
+    table, index = sptep
+    new_spte = spte_clear_bits(old_spte, mask)
+    yield Op("WRITE_ONCE", f"{table!r}[{index}]", f"{old_spte!r} -> {new_spte!r}")
+    kvm_tdp_mmu_write_spte(sptep, new_spte)
+    return old_spte
+
+
+@primitive
+def tdp_mmu_clear_spte_bits_atomic(sptep: SptePtr, mask: str) -> Generator[Op, int, object]:
+    """``atomic64_fetch_and(~mask, sptep)`` (e29b74920e6f): clears the bits of whatever
+    the SPTE holds now and returns that value."""
+    table, index = sptep
+    yield Op("atomic64_fetch_and", f"{table!r}[{index}]", f"~{mask}")
+    old_spte = kvm_tdp_mmu_read_spte(sptep)
+    kvm_tdp_mmu_write_spte(sptep, spte_clear_bits(old_spte, mask))
+    return old_spte
 
 
 def tdp_iter_refresh_sptep(it: TdpIter) -> TdpIter:

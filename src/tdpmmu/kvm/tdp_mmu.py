@@ -46,11 +46,13 @@ from tdpmmu.kvm.spte import (
     SPTE_ENT_PER_PAGE,
     TDP_ROOT_LEVEL,
     Spte,
+    is_accessed_spte,
     is_last_spte,
     is_removed_spte,
     is_shadow_present_pte,
     make_nonleaf_spte,
     make_spte,
+    shadow_accessed_mask,
     spte_to_child_pt,
 )
 from tdpmmu.kvm.structs import (
@@ -70,6 +72,7 @@ from tdpmmu.kvm.tdp_iter import (
     tdp_iter_next,
     tdp_iter_start,
     tdp_iter_valid,
+    tdp_mmu_clear_spte_bits,
 )
 
 Steps = Generator[Op, int, None]
@@ -420,7 +423,8 @@ class TdpMmu:
     def handle_changed_spte(self, kvm: Kvm, gfn: int, old_spte: object, new_spte: object,
                             level: int, shared: bool) -> Steps:
         """Bookkeeping after an SPTE changed: free the tables under a removed non-leaf
-        SPTE, write the accessed bit of a removed leaf back to its page."""
+        SPTE, write the Accessed bit of a young leaf that is removed (or made old) back
+        to its page."""
         was_present = is_shadow_present_pte(old_spte)
         is_present = is_shadow_present_pte(new_spte)
         was_leaf = was_present and is_last_spte(old_spte, level)
@@ -436,8 +440,9 @@ class TdpMmu:
             child = spte_to_child_pt(old_spte, level)
             assert isinstance(child, kvm_mmu_page)
             yield from self.handle_removed_pt(kvm, child, shared)
-        if was_leaf and pfn_changed:
-            # Guest pages are always accessed in the model: the A/D write-back.
+        if was_leaf and is_accessed_spte(old_spte) and (
+                not is_present or not is_accessed_spte(new_spte) or pfn_changed):
+            # The A/D write-back: kvm_set_pfn_accessed().
             assert isinstance(old_spte, Spte)
             mark_page_accessed(old_spte.pfn)  # type: ignore[arg-type]
 
@@ -585,6 +590,64 @@ class TdpMmu:
         return flush
 
     UNMAP_ONLY_VALID = False
+
+    # -- mmu_notifier aging: clear_young / test_young (kernel-protocol.md §5 B15) --------
+    def kvm_tdp_mmu_age_gfn_range(self, kvm: Kvm, as_id: int, start: int,
+                                  end: int) -> Generator[Op, int, bool]:
+        return (yield from self.kvm_tdp_mmu_handle_gfn(kvm, as_id, start, end, False))
+
+    def kvm_tdp_mmu_test_age_gfn(self, kvm: Kvm, as_id: int, start: int,
+                                 end: int) -> Generator[Op, int, bool]:
+        return (yield from self.kvm_tdp_mmu_handle_gfn(kvm, as_id, start, end, True))
+
+    def kvm_tdp_mmu_handle_gfn(self, kvm: Kvm, as_id: int, start: int, end: int,
+                               test_only: bool) -> Generator[Op, int, bool]:
+        """v6.9: every root of the address space, valid or invalid
+        (``for_each_tdp_mmu_root``: no references, which is safe because mmu_lock is held
+        for write: no root can be put, and the list cannot change), one RCU section per
+        root; the handler, age_gfn_range() or test_age_gfn(), is ``test_only``. Never
+        yields. Later kernels rewrote it as ``__kvm_tdp_mmu_age_gfn_range`` (versions.py)."""
+        ret = False
+        head = kvm.arch.tdp_mmu_roots
+        # list_for_each_entry(), spelled out because the body has scheduling points.
+        pos = head.next
+        while pos != head:
+            root = pos.container()
+            lockdep_assert_held_write(kvm.mmu_lock)
+            if kvm_mmu_page_as_id(root) == as_id:
+                yield from rcu_read_lock()
+                ret |= yield from self.tdp_mmu_age_leafs(kvm, root, start, end, test_only)
+                yield from rcu_read_unlock()
+            pos = pos.next
+        return ret
+
+    @inline
+    def tdp_mmu_age_leafs(self, kvm: Kvm, root: kvm_mmu_page, start: int, end: int,
+                          test_only: bool) -> Generator[Op, int, bool]:
+        """``tdp_root_for_each_leaf_pte(iter, root, start, end)`` with the handler as its
+        body: is any leaf young; unless ``test_only``, make every young leaf old. With
+        ``test_only`` the walk stops at the first young leaf (51192ebdd145; v6.9's
+        test_age_gfn() reads on, which changes nothing: reads are no steps here)."""
+        young = False
+        end = min(end, self.tdp_mmu_max_gfn_exclusive())
+        it = tdp_iter_start(root, PG_LEVEL_4K, start)
+        while tdp_iter_valid(it, end):
+            if (is_shadow_present_pte(it.old_spte) and is_last_spte(it.old_spte, it.level)
+                    and is_accessed_spte(it.old_spte)):
+                young = True
+                if test_only:
+                    break
+                it = yield from self.kvm_tdp_mmu_age_spte(kvm, it)
+            it = tdp_iter_next(it)
+        return young
+
+    def kvm_tdp_mmu_age_spte(self, kvm: Kvm, it: TdpIter) -> Generator[Op, int, TdpIter]:
+        """Make a young leaf old (A/D bits enabled; A/D-disabled SPTEs are marked for
+        access tracking instead, which the model leaves out). v6.9 (age_gfn_range()):
+        tdp_mmu_clear_spte_bits(), a plain store of ``iter->old_spte`` without the
+        Accessed bit: nothing else writes SPTEs while mmu_lock is held for write."""
+        old_spte = yield from tdp_mmu_clear_spte_bits(it.sptep, it.old_spte, shadow_accessed_mask)
+        return it._replace(old_spte=old_spte)
 
     # -- VM teardown (notes §4.12) --------------------------------------------------------
     def kvm_mmu_uninit_tdp_mmu(self, kvm: Kvm) -> Steps:

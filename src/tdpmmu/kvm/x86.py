@@ -179,6 +179,44 @@ class X86(Mmu):
         yield from self.kvm_mmu_notifier_invalidate_range_end(kvm, start, end)
         yield from self.kvm_put_kvm(kvm)  # the VMM closes its VM fd
 
+    # CONFIG_KVM_MMU_LOCKLESS_AGING (aa34b811650c; x86 selects it since b146a9b34aed)
+    KVM_MMU_LOCKLESS_AGING = False
+
+    def kvm_age_hva_range(self, kvm: Kvm, start: int, end: int,
+                          test_only: bool) -> Generator[Op, int, bool]:
+        """``kvm_age_hva_range()`` -> ``kvm_handle_hva_range()`` with handler
+        kvm_test_age_gfn (``test_only``) or kvm_age_gfn: one memslot (as_id 0) covers the
+        range, and KVM_MMU_LOCK() (mmu_lock for write) is taken around the handler unless
+        the range is ``lockless``. The memslot lookup under kvm->srcu is left out."""
+        lockless = self.KVM_MMU_LOCKLESS_AGING
+        if not lockless:
+            yield from write_lock(kvm.mmu_lock)  # KVM_MMU_LOCK()
+        if test_only:
+            young = yield from self.kvm_test_age_gfn(kvm, 0, start, end)
+        else:
+            young = yield from self.kvm_age_gfn(kvm, 0, start, end)
+        if not lockless:
+            yield from write_unlock(kvm.mmu_lock)
+        return young
+
+    def kvm_mmu_notifier_clear_young(self, kvm: Kvm, start: int, end: int) -> Generator[Op, int, bool]:
+        """No TLB flush (``kvm_age_hva_range_no_flush``)."""
+        return (yield from self.kvm_age_hva_range(kvm, start, end, False))
+
+    def kvm_mmu_notifier_test_young(self, kvm: Kvm, start: int, end: int) -> Generator[Op, int, bool]:
+        return (yield from self.kvm_age_hva_range(kvm, start, end, True))
+
+    def mm_age_range(self, kvm: Kvm, start: int, end: int) -> Steps:
+        """Reclaim harvesting the Accessed bits of guest memory (MGLRU's aging walk,
+        mm/vmscan.c): clear_young over the range, then test_young. A notifier call runs
+        inside the notifier's SRCU section, which mmu_notifier_unregister() at VM
+        teardown waits for: modeled as a VM reference held until the calls return."""
+        young = yield from self.kvm_mmu_notifier_clear_young(kvm, start, end)
+        world().note(f"clear_young: {int(young)}")
+        young = yield from self.kvm_mmu_notifier_test_young(kvm, start, end)
+        world().note(f"test_young: {int(young)}")
+        yield from self.kvm_put_kvm(kvm)
+
     # -- VM lifetime (notes §6.2) -------------------------------------------------------------
     def kvm_put_kvm(self, kvm: Kvm) -> Steps:
         yield Op("kvm_put_kvm", kvm)

@@ -14,6 +14,7 @@ from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.atomic import xchg
 from tdpmmu.kernel.bug import WARN_ON, WARN_ON_ONCE
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
+from tdpmmu.kernel.memory import set_name
 from tdpmmu.kernel.rculist import list_add_rcu, list_for_each
 from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_set
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
@@ -146,8 +147,10 @@ class V6_1(V6_8):
 
     def kvm_mmu_init_tdp_mmu(self, kvm: Kvm) -> None:
         super().kvm_mmu_init_tdp_mmu(kvm)
-        kvm.arch.tdp_mmu_zap_wq = alloc_workqueue(
-            "kvm", "WQ_UNBOUND|WQ_MEM_RECLAIM|WQ_CPU_INTENSIVE", 0, self.TDP_MMU_ZAP_WQ_WORKERS)
+        wq = alloc_workqueue("kvm", "WQ_UNBOUND|WQ_MEM_RECLAIM|WQ_CPU_INTENSIVE", 0,
+                             self.TDP_MMU_ZAP_WQ_WORKERS)
+        set_name(wq, "kvm.arch.tdp_mmu_zap_wq")  # traces: not the VM's "kvm"
+        kvm.arch.tdp_mmu_zap_wq = wq
 
     @inline
     def tdp_mmu_uninit_put_roots(self, kvm: Kvm) -> Steps:

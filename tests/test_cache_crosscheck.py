@@ -219,8 +219,10 @@ def test_random_programs(threads: tuple[tuple, ...], fair: bool, check: bool) ->
 # -- the KVM model --------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_vcpu_load_one_vcpu(kernel: str) -> None:
+    """v6.1's zap worker interleaves with the vCPU: its cache-less tree is too big to
+    finish (66,000 executions in 60 s), so it is compared bounded."""
     prog = Config("vcpu-load", kernel=kernel, mutant=None, vcpus=1).program()
-    on, _ = crosscheck(prog)
+    on, _ = crosscheck(prog, UNCACHED_BUDGET if kernel == "v6.1" else 0)
     assert on.result.verdict == "pass"  # type: ignore[attr-defined]
 
 

@@ -12,6 +12,7 @@ import pytest
 from tdpmmu.api import BadInput, Config, check
 from tdpmmu.explore.execution import Execution
 from tdpmmu.explore.result import Limits
+from tdpmmu.explore.search.dpor import Dpor
 from tdpmmu.kvm.mutants import MUTANTS
 from tdpmmu.kvm.scenarios import SCENARIOS
 from tdpmmu.kvm.versions import KERNELS
@@ -107,3 +108,20 @@ def test_shrinking_finds_a_shorter_proved_trace() -> None:
 def test_bad_input_is_rejected(bad: Config) -> None:
     with pytest.raises(BadInput):
         check(bad)
+
+
+def test_v6_1_with_two_zap_workers() -> None:
+    """v6.1 runs tdp_mmu_zap_wq's items on one worker thread by default (an
+    under-approximation of the kernel's unbound pool); with two, zaps of two roots can
+    overlap, and the scenarios still pass (one vCPU)."""
+    from tdpmmu.kvm.program import KvmProgram
+    from tdpmmu.kvm.versions import V6_1
+
+    class TwoWorkers(V6_1):
+        TDP_MMU_ZAP_WQ_WORKERS = 2
+
+    for scenario in ("vcpu-load", "memslot-delete"):
+        program = KvmProgram(TwoWorkers, SCENARIOS[scenario], 1)
+        assert [t.name for t in program.build()[1]][-2:] == ["kworker/u:0", "kworker/u:1"]
+        r = Dpor(program, FAST).run()
+        assert r.verdict == "pass", r.violation

@@ -9,7 +9,7 @@ final states across two separate searches).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -57,7 +57,7 @@ class Prog:
     property is broken (reported as kind ``final_kind`` / ``state_kind``), or report
     themselves through ``world().report``. ``observe(s)`` is called at every final state
     and its value collected in ``self.outcomes``. ``rcu=True`` adds the RCU callback
-    daemon.
+    daemon; ``daemons``: more daemon threads, ``(name, f)`` pairs (a workqueue's workers).
     """
 
     def __init__(
@@ -69,6 +69,7 @@ class Prog:
         state: Check | None = None,
         observe: Callable[[Any], Hashable] | None = None,
         rcu: bool = False,
+        daemons: Sequence[tuple[str, ThreadFn]] = (),
         final_kind: str = "final-check",
         state_kind: str = "invariant",
     ) -> None:
@@ -78,6 +79,7 @@ class Prog:
         self.state = state
         self.observe = observe
         self.rcu = rcu
+        self.daemons = list(daemons)
         self.final_kind = final_kind
         self.state_kind = state_kind
         self.outcomes: set[Hashable] = set()
@@ -91,6 +93,7 @@ class Prog:
         specs = [ThreadSpec(name, partial(fn, s)) for name, fn in self.threads]
         if self.rcu:
             specs.append(ThreadSpec("rcu", rcu_callback_thread, daemon=True))
+        specs += [ThreadSpec(name, partial(fn, s), daemon=True) for name, fn in self.daemons]
         return w, specs
 
     def check_state(self, w: World) -> None:

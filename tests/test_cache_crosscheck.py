@@ -219,8 +219,10 @@ def test_random_programs(threads: tuple[tuple, ...], fair: bool, check: bool) ->
 # -- the KVM model --------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_vcpu_load_one_vcpu(kernel: str) -> None:
+    """v6.1's zap worker interleaves with the vCPU: its cache-less tree is too big to
+    finish (66,000 executions in 60 s), so it is compared bounded."""
     prog = Config("vcpu-load", kernel=kernel, mutant=None, vcpus=1).program()
-    on, _ = crosscheck(prog)
+    on, _ = crosscheck(prog, UNCACHED_BUDGET if kernel == "v6.1" else 0)
     assert on.result.verdict == "pass"  # type: ignore[attr-defined]
 
 
@@ -252,20 +254,21 @@ def test_mutant_one_vcpu(name: str, full: bool) -> None:
     """Same verdict with and without the cache (no-recheck needs two vCPUs to go wrong:
     with one, both searches pass)."""
     m = MUTANTS[name]
-    prog = Config(m.scenario, m.kernel, name, vcpus=1).program()
+    prog = Config(m.scenario, m.kernel, mutant=name, vcpus=1).program()
     on, _ = crosscheck(prog, 0 if full else UNCACHED_BUDGET)
     result = on.result  # type: ignore[attr-defined]
     if result.verdict == "violation":
         assert not m.expect or result.violation.kind in m.expect
 
 
-@pytest.mark.parametrize("name", [n for n, m in MUTANTS.items() if not m.harmless])
-def test_mutant_found_with_cache_replays_without_it(name: str) -> None:
-    """Every mutant is caught with the cache (one vCPU, else two), and its counterexample
-    is real: a fresh execution of the schedule ends in the same violation."""
+@pytest.mark.parametrize(("name", "kernel"), [(n, k) for n, m in MUTANTS.items() for k in m.caught_kernels])
+def test_mutant_found_with_cache_replays_without_it(name: str, kernel: str) -> None:
+    """Every mutant is caught with the cache (one vCPU, else two) on each kernel where it
+    must be, and its counterexample is real: a fresh execution of the schedule ends in
+    the same violation."""
     m = MUTANTS[name]
     for vcpus in (1, 2):
-        prog = Config(m.scenario, m.kernel, name, vcpus=vcpus).program()
+        prog = Config(m.scenario, kernel, mutant=name, vcpus=vcpus).program()
         result = dfs(prog, True).result  # type: ignore[attr-defined]
         if result.verdict == "violation":
             break

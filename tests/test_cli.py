@@ -212,6 +212,12 @@ def test_list() -> None:
     assert [k["name"] for k in out["kernels"] if k["default"]] == ["v6.9"]
     mutant = next(m for m in out["mutants"] if m["name"] == "refcount-one")
     assert mutant["scenario"] == "vcpu-load" and "KVM_BUG_ON" in mutant["expected"] and mutant["summary"]
+    assert mutant["kernel"] == "v6.9" and mutant["caught_on"] == ["v6.9"]
+    # A mutant harmless on one kernel and caught on another says both.
+    pbz = next(m for m in out["mutants"] if m["name"] == "put-before-zap")
+    assert pbz["harmless"] and pbz["kernel"] == "v6.9" and pbz["caught_on"] == ["v6.1"]
+    assert "harmless on v6.9 (proved in stress)" in r.stdout and "on v6.1 it expects" in r.stdout
+    assert "v6.1" in {k["name"] for k in out["kernels"]}
 
 
 # -- rendering details ----------------------------------------------------------------

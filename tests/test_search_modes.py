@@ -49,12 +49,12 @@ def test_yilun_scenario_needs_a_preemption() -> None:
 MISSED_BY_PCT = {"notifier-no-root-refs", "aging-nonatomic-clear"}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="PCT misses it")) if n in MISSED_BY_PCT
-    else n for n, m in MUTANTS.items() if not m.harmless])
-def test_random_pct_finds_every_mutant(name: str) -> None:
+@pytest.mark.parametrize(("name", "kernel"), [
+    pytest.param(n, k, marks=pytest.mark.xfail(strict=True, reason="PCT misses it")) if n in MISSED_BY_PCT
+    else (n, k) for n, m in MUTANTS.items() for k in m.caught_kernels])
+def test_random_pct_finds_every_mutant(name: str, kernel: str) -> None:
     m = MUTANTS[name]
-    r = check(Config(m.scenario, m.kernel, name, m.vcpus, random_runs=500, seed=1), FAST)
+    r = check(Config(m.scenario, kernel, mutant=name, vcpus=m.vcpus, random_runs=500, seed=1), FAST)
     assert r.verdict == "violation" and r.violation is not None and r.violation.kind in m.expect
 
 

@@ -34,7 +34,7 @@ def test_same_final_states_fewer_states(kernel: str, vcpus: int) -> None:
 @pytest.mark.parametrize("name", [n for n, m in MUTANTS.items() if m.vcpus >= 2])
 def test_same_verdict_on_mutants(name: str) -> None:
     m = MUTANTS[name]
-    plain, reduced = _both(Config(m.scenario, "v6.9", name, 2))
+    plain, reduced = _both(Config(m.scenario, m.kernel, name, 2))
     a, b = plain.run(), reduced.run()
     assert a.verdict == b.verdict == "violation"
     assert a.violation is not None and b.violation is not None

@@ -309,7 +309,8 @@ def catalog_json() -> dict[str, Any]:
         "kernels": [{"name": name, "commit": k.COMMIT, "default": name == DEFAULT_KERNEL}
                     for name, k in KERNELS.items()],
         "mutants": [{"name": m.name, "expected": sorted(m.expect), "scenario": m.scenario,
-                     "summary": _squash(m.summary), "origin": m.origin, "harmless": m.harmless or None}
+                     "summary": _squash(m.summary), "origin": m.origin, "harmless": m.harmless or None,
+                     "kernel": m.kernel, "caught_on": list(m.caught_kernels)}
                     for m in MUTANTS.values()],
     }
 
@@ -328,10 +329,12 @@ def _table(rows: list[tuple[str, list[str]]], width: int) -> list[str]:
 
 
 def _expectation(m: dict[str, Any]) -> str:
+    expects = f"expects {' or '.join(m['expected']) or '(none recorded)'} in {m['scenario']}"
     if m["harmless"]:
-        return f"harmless (proved in {m['scenario']}): {m['harmless']}; origin: {m['origin']}"
-    return (f"expects {' or '.join(m['expected']) or '(none recorded)'} in {m['scenario']}; "
-            f"origin: {m['origin']}")
+        caught = f"; on {', '.join(m['caught_on'])} it {expects}" if m["caught_on"] else ""
+        return (f"harmless on {m['kernel']} (proved in {m['scenario']}): {m['harmless']}{caught}; "
+                f"origin: {m['origin']}")
+    return f"{expects} on {', '.join(m['caught_on'])}; origin: {m['origin']}"
 
 
 def render_catalog(width: int = WIDTH) -> str:

@@ -1,4 +1,4 @@
-"""READ_ONCE / WRITE_ONCE: a racy (lock-free) access to one field, as a scheduling point."""
+"""READ_ONCE / WRITE_ONCE / xchg: a racy (lock-free) access to one field, as a scheduling point."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def READ_ONCE(obj: Struct, field: str) -> Generator[Op, int, Any]:
 def WRITE_ONCE(obj: Struct, field: str, value: Hashable) -> Generator[Op, int, None]:
     yield Op("WRITE_ONCE", f"{obj!r}->{field}", value)
     setattr(obj, field, value)
+
+
+@primitive
+def xchg(obj: Struct, field: str, value: Hashable) -> Generator[Op, int, Any]:
+    """Store ``value``, return the old one, atomically."""
+    yield Op("xchg", f"{obj!r}->{field}", value)
+    old = getattr(obj, field)
+    setattr(obj, field, value)
+    return old

@@ -79,10 +79,10 @@ def rcu_read_unlock() -> Generator[Op, int, None]:
 def call_rcu(obj: object, fn: RcuCallback) -> Generator[Op, int, None]:
     yield Op("call_rcu", obj, getattr(fn, "__name__", fn))
     in_section = frozenset(t for t, _ in RCU.readers)
-    RCU.pending = (*RCU.pending, (obj, _Callback(fn), in_section))
+    RCU.pending = (*RCU.pending, (obj, Callback(fn), in_section))
 
 
-class _Callback:
+class Callback:
     """A callback as a value: a bound method hashes by its object's *address*, which
     would make fingerprints differ between two runs of the same program."""
 
@@ -99,7 +99,7 @@ class _Callback:
         return hash((self.func, self.owner))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Callback) and (other.func, other.owner) == (self.func, self.owner)
+        return isinstance(other, Callback) and (other.func, other.owner) == (self.func, self.owner)
 
     @property
     def __name__(self) -> str:

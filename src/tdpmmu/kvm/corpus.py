@@ -7,10 +7,11 @@ count as catching it. Bugs the model cannot express yet are rows without a mutan
 with a ``why_not``. ``run_corpus`` checks every expressible row, and the same scenario on
 the row's *unmutated* kernel (which must pass: a violation there is a false positive).
 
-Everything here is applied to the v6.9 base model: every mutation is expressible there,
-including the older bugs, because the code they broke is still in v6.9 (B01's
-``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Only the
-async-worker era (5.18..6.5) would need its own kernel class; see B07.
+Almost everything here is applied to the v6.9 base model: those mutations are
+expressible there, including the older bugs, because the code they broke is still in v6.9
+(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). B07
+belongs to the async-worker era (5.18..6.5): its row runs on the ``v6.1`` kernel class
+(``versions.py``), whose zap worker is the code the mutation breaks.
 
 This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
@@ -632,16 +633,21 @@ CORPUS: list[CorpusRow] = [
     CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"], "v6.9",
               "614f6970aa70", "KVM: x86/mmu: do not allow readers to acquire references to invalid roots",
               "the list reference of a root is put exactly once (no refcount underflow / UAF)"),
-    CorpusRow("B07", "async-zap-worker", None, "v6.1",
+    CorpusRow("B07", "zap-worker-double-put", MUTANTS["zap-worker-double-put"], "v6.1",
               "efd995dae5eb", "KVM: x86/mmu: Zap defunct roots via asynchronous worker "
-              "(and 22b94c4b63eb, 8351779ce65f, bb95dfb9e2df)",
-              "a worker's extra reference is put once; a zap without a TLB flush only on roots "
-              "no vCPU can run on",
-              why_not="needs the 5.18..6.5 async-worker era as a kernel class: put_root that "
-              "re-marks a valid root invalid and re-sets the count to 1, a per-root work item "
-              "and a workqueue thread (flush_workqueue as zap_invalidated_roots), and a "
-              "remote-TLB-flush model (kvm_flush_remote_tlbs, Hyper-V enlightened flush) for "
-              "B07(b). None exists in the model"),
+              "(B07(a): its review; with 22b94c4b63eb, the era's kernel class v6.1)",
+              "the reference gifted to a zap worker is put exactly once (no underflow, no free "
+              "under a holder)"),
+    CorpusRow("B07", "defunct-root-zap-no-tlb-flush", None, "v6.1",
+              "bb95dfb9e2df", "KVM: x86/mmu: Defer TLB flush to caller when freeing TDP MMU shadow "
+              "pages (B07(b), with efd995dae5eb: the Hyper-V enlightened TLB regression; fix not "
+              "pinned down)",
+              "a zap without a TLB flush only on roots no vCPU can still translate through",
+              why_not="the model has no TLB: a vCPU's translations through a root are taken to end "
+              "when it stops running on it (the local flush on every root load), which is the "
+              "assumption Hyper-V's enlightened flush broke. Catching it needs per-vCPU TLB entries "
+              "tagged by root that outlive a switch, kvm_flush_remote_tlbs() and the L0's "
+              "per-address-space flush; the defunct-root zap itself is modeled (v6.1)"),
     CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"], "v6.9",
               "cf4a8693d97a", "KVM: x86/mmu: Check every prev_roots in __kvm_mmu_free_obsolete_roots()",
               "after FREE_OBSOLETE_ROOTS is serviced the vCPU holds no reference to an obsolete root"),

@@ -143,6 +143,17 @@ class AgingNonatomicClear(LocklessAgingBase):
     def kvm_tdp_mmu_age_spte(self, kvm: Kvm, it: TdpIter) -> Generator[Op, int, TdpIter]:
         return (yield from TdpMmu.kvm_tdp_mmu_age_spte(self, kvm, it))
 
+class ZapWorkerDoublePut(Base):
+    """B07(a): the async zap worker (v5.18..v6.5) gives the reference it was gifted back
+    twice, as a review round of efd995dae5eb "Zap defunct roots via asynchronous worker"
+    did: its first put can be the last one (the root is unlinked and queued for freeing),
+    its second underflows the count, or frees the root under a vCPU that still holds it."""
+
+    @inline
+    def zap_then_put_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        yield from super().zap_then_put_root(kvm, root)
+        yield from self.kvm_tdp_mmu_put_root(kvm, root)  # the mutation: a second put
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -156,7 +167,18 @@ class Mutant:
     harmless: str = ""
     vcpus: int = 2  # the configuration the tests run it in (a depth-first search of a
     # larger one can take long to reach the bug: stress at 2 vCPUs is millions of states)
-    kernel: str = "v6.9"  # the kernel whose code it mutates (tests and the corpus use it)
+    kernel: str = Kernel.NAME  # the kernel its claim (caught, or harmless) is about
+    # A mutant harmless on `kernel` may break another kernel: there it must be caught
+    # (with `expect`), e.g. put-before-zap on the async-worker era.
+    caught_on: tuple[str, ...] = ()
+
+    def harmless_on(self, kernel: str) -> bool:
+        return bool(self.harmless) and kernel not in self.caught_on
+
+    @property
+    def caught_kernels(self) -> tuple[str, ...]:
+        """The kernels where the checker must catch it (empty: harmless everywhere modeled)."""
+        return self.caught_on if self.harmless else (self.kernel, *self.caught_on)
 
     @property
     def summary(self) -> str:
@@ -177,11 +199,13 @@ MUTANTS: dict[str, Mutant] = {
         Mutant("notifier-skips-invalid-roots", NotifierSkipsInvalidRoots,
                frozenset({"notifier-incomplete", "use-after-free"}), "stress", "B04 d62007edf01f",
                vcpus=1),
-        Mutant("put-before-zap", PutBeforeZap, frozenset({"notifier-incomplete", "use-after-free"}),
+        Mutant("put-before-zap", PutBeforeZap,
+               frozenset({"notifier-incomplete", "use-after-free", "WARNING"}),
                "stress", "the order kvm_tdp_mmu_zap_invalidated_roots() documents (B04's second mutation)",
-               harmless="since the zapper walks roots with the yield-safe iterator, the iterator's own "
-               "reference keeps the root on the list (and reachable by notifiers) while it is zapped",
-               vcpus=1),
+               harmless="since the zapper walks roots with the yield-safe iterator (v6.6+), the iterator's "
+               "own reference keeps the root on the list (and reachable by notifiers) while it is zapped; "
+               "the async-worker era's worker holds nothing but the gifted reference, so there it is a bug",
+               vcpus=1, caught_on=("v6.1",)),
         Mutant("notifier-no-root-refs", NotifierNoRootRefs, frozenset({"use-after-free"}),
                "stress", "B03 7533377215b6", vcpus=1),
         Mutant("aging-outside-rcu", AgingOutsideRcu, frozenset({"use-after-free"}),
@@ -191,6 +215,10 @@ MUTANTS: dict[str, Mutant] = {
                frozenset({"use-after-free", "notifier-incomplete", "BUG"}),
                "aging-unmap", "B15 e29b74920e6f (lockless aging needs an atomic clear)", vcpus=1,
                kernel="v6.9+lockless-aging"),
+
+        Mutant("zap-worker-double-put", ZapWorkerDoublePut,
+               frozenset({"refcount", "use-after-free"}), "vcpu-load",
+               "B07(a) efd995dae5eb (review of the async zap worker)", vcpus=1, kernel="v6.1"),
     )
 }
 

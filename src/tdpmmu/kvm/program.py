@@ -10,7 +10,8 @@ from tdpmmu.explore.runtime import World, set_world
 from tdpmmu.kernel.memory import kzalloc, objects_of
 from tdpmmu.kernel.page import alloc_page, mm_struct
 from tdpmmu.kernel.rcu import RCU, rcu_callback_thread, rcu_init
-from tdpmmu.kernel.rculist import INIT_LIST_HEAD, list_empty, list_for_each
+from tdpmmu.kernel.rculist import list_empty, list_for_each
+from tdpmmu.kernel.workqueue import worker_thread, workqueue_struct
 from tdpmmu.kvm.scenarios import Scenario
 from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_vcpu
 from tdpmmu.kvm.x86 import Kernel
@@ -30,7 +31,7 @@ class KvmProgram:
         set_world(w)
         rcu_init()
         kvm = kzalloc(Kvm, name="kvm")
-        INIT_LIST_HEAD(kvm.arch.tdp_mmu_roots)
+        self.kernel.kvm_mmu_init_tdp_mmu(kvm)
         # Guest memory is populated: the mm maps a page at every gfn.
         kvm.mm = kzalloc(mm_struct, name="mm", pte=tuple(
             alloc_page(f"page{gfn}") for gfn in range(self.kernel.max_gfn)))
@@ -45,6 +46,10 @@ class KvmProgram:
         self.members = [(tid, t.owner.oid) for tid, t in enumerate(threads) if t.owner is not None]
         threads.append(ThreadSpec("destroy", partial(self.kernel.kvm_destroy_vm, kvm)))
         threads.append(ThreadSpec("rcu", rcu_callback_thread, daemon=True))
+        # The workers of the workqueues the kernel allocated (v6.1's tdp_mmu_zap_wq).
+        for wq in objects_of(workqueue_struct):
+            threads += [ThreadSpec(f"kworker/u:{i}", partial(worker_thread, wq), daemon=True)
+                        for i in range(wq.nr_workers)]
         return w, threads
 
     def symmetry(self, world: World) -> list[list[tuple[int, int]]] | None:

@@ -15,6 +15,7 @@ from tdpmmu.kernel.rculist import list_head
 from tdpmmu.kernel.refcount import refcount_t
 from tdpmmu.kernel.rwlock import rwlock_t
 from tdpmmu.kernel.spinlock import mutex, spinlock_t
+from tdpmmu.kernel.workqueue import work_struct
 from tdpmmu.kvm.spte import SHADOW_NONPRESENT_VALUE, SPTE_ENT_PER_PAGE, TDP_ROOT_LEVEL
 
 INVALID_PAGE = None
@@ -83,8 +84,13 @@ class kvm_mmu_page(Struct):
     spt = Field((SHADOW_NONPRESENT_VALUE,) * SPTE_ENT_PER_PAGE)
     tdp_mmu_page = Field(True)
     tdp_mmu_root_count = Embedded(refcount_t)
-    tdp_mmu_scheduled_root_to_zap = Field(False)
+    tdp_mmu_scheduled_root_to_zap = Field(False)  # v6.6+ (0df9dab891ff)
+    # v5.18..v6.5: the root's work item on tdp_mmu_zap_wq, and its kvm (efd995dae5eb)
+    tdp_mmu_async_work = Embedded(work_struct)
+    tdp_mmu_async_data = Field(None)
     link = Embedded(list_head)
+    # ghost: on tdp_mmu_roots when kvm_tdp_mmu_invalidate_all_roots() walked it
+    fast_zapped = Field(False)
 
 
 class kvm_page_fault(NamedTuple):
@@ -129,6 +135,7 @@ class kvm_arch(Struct):
     tdp_mmu_roots = Embedded(list_head)
     tdp_mmu_pages_lock = Embedded(spinlock_t)
     tdp_mmu_pages = Field(0)  # atomic64_t: linked non-root page tables
+    tdp_mmu_zap_wq = Field(None)  # v5.18..v6.5: the workqueue of root zaps
     mmu_valid_gen = Field(0)
 
 

@@ -22,6 +22,7 @@ from tdpmmu.kernel.memory import kfree, kzalloc, next_name, objects_of, set_name
 from tdpmmu.kernel.page import mark_page_accessed
 from tdpmmu.kernel.rcu import call_rcu, rcu_barrier, rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
+    INIT_LIST_HEAD,
     list_add_rcu,
     list_del_rcu,
     list_empty,
@@ -161,6 +162,12 @@ class TdpMmu:
         # reference can never be put on a valid root.
         KVM_BUG_ON(not root.tdp_mmu_page or not root.role.invalid, kvm,
                    "!is_tdp_mmu_page(root) || !root->role.invalid")
+        yield from self.tdp_mmu_unlink_and_free_root(kvm, root)
+
+    @inline
+    def tdp_mmu_unlink_and_free_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        """The tail of kvm_tdp_mmu_put_root() once the last reference is gone: unlink the
+        root, free it after a grace period (the same four lines since 2bdb3d84cebc)."""
         yield from spin_lock(kvm.arch.tdp_mmu_pages_lock)
         yield from list_del_rcu(root.link)
         yield from spin_unlock(kvm.arch.tdp_mmu_pages_lock)
@@ -287,11 +294,26 @@ class TdpMmu:
     def tdp_mmu_invalidate_root(self, kvm: Kvm, root: kvm_mmu_page) -> None:
         """The loop body of kvm_tdp_mmu_invalidate_all_roots(): schedule and invalidate a
         valid root (together, under the write lock); already-invalid ones are left alone."""
+        self.fast_zap_visits(root)
         if not root.role.invalid:
             root.tdp_mmu_scheduled_root_to_zap = True
-            root.role.invalid = True
-            kvm.obsolete_roots_unannounced = True  # ghost: until the request is posted
+            self.tdp_mmu_set_root_invalid(kvm, root)
             world().note("{!r} invalid, scheduled to zap", root)
+
+    @inline
+    def fast_zap_visits(self, root: kvm_mmu_page) -> None:
+        """Ghost: the invalidation saw this root, so kvm_mmu_zap_all_fast() must leave it
+        empty (x86.py check_fast_zap_complete()). A root created after it may map only
+        memslots that outlive the update (the kernel marks the slot invalid before the
+        fast zap; the model has no memslot to mark), so it is not checked."""
+        root.fast_zapped = True
+
+    @inline
+    def tdp_mmu_set_root_invalid(self, kvm: Kvm, root: kvm_mmu_page) -> None:
+        """``root->role.invalid = true`` of the fast zap's invalidation, under mmu_lock
+        held for write; vCPUs may still run on the root until they are told."""
+        root.role.invalid = True
+        kvm.obsolete_roots_unannounced = True  # ghost: until the request is posted
 
     def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm) -> Steps:
         yield from read_lock(kvm.mmu_lock)
@@ -650,10 +672,19 @@ class TdpMmu:
         return it._replace(old_spte=old_spte)
 
     # -- VM teardown (notes §4.12) --------------------------------------------------------
+    def kvm_mmu_init_tdp_mmu(self, kvm: Kvm) -> None:
+        """At VM creation, before any thread runs (not a scheduling point)."""
+        INIT_LIST_HEAD(kvm.arch.tdp_mmu_roots)
+
     def kvm_mmu_uninit_tdp_mmu(self, kvm: Kvm) -> Steps:
-        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
-        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+        yield from self.tdp_mmu_uninit_put_roots(kvm)
         WARN_ON(kvm.arch.tdp_mmu_pages, "atomic64_read(&kvm->arch.tdp_mmu_pages)")
         WARN_ON(not list_empty(kvm.arch.tdp_mmu_roots), "!list_empty(&kvm->arch.tdp_mmu_roots)")
         yield from rcu_barrier()
 
+    @inline
+    def tdp_mmu_uninit_put_roots(self, kvm: Kvm) -> Steps:
+        """The head of kvm_mmu_uninit_tdp_mmu(): put the TDP MMU's own reference to every
+        root left (the vCPUs have put theirs) by invalidating and zapping them."""
+        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
+        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)

@@ -118,6 +118,17 @@ class NotifierNoRootRefs(Base):
         return flush
 
 
+class UninitZapShared(Base):
+    """B13: kvm_tdp_mmu_zap_invalidated_roots() always holds mmu_lock for read, as before
+    35be969d1ef2 ("Zap invalid roots with mmu_lock holding for write at uninit"): uninit's
+    ``shared=false`` is ignored, so the mirror roots of a TDX VM are zapped with atomic
+    SPTE updates, which bug the VM (an external SPTE can only be removed under the write
+    lock). On kernels without mirror roots it changes nothing."""
+
+    def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm, shared: bool = True) -> Steps:
+        yield from super().kvm_tdp_mmu_zap_invalidated_roots(kvm)  # the mutation: no `shared`
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
@@ -130,6 +141,7 @@ class Mutant:
     harmless: str = ""
     vcpus: int = 2  # the configuration the tests run it in (a depth-first search of a
     # larger one can take long to reach the bug: stress at 2 vCPUs is millions of states)
+    kernel: str = "v6.9"  # the kernel (versions.KERNELS name) whose code it mutates
 
     @property
     def summary(self) -> str:
@@ -157,6 +169,8 @@ MUTANTS: dict[str, Mutant] = {
                vcpus=1),
         Mutant("notifier-no-root-refs", NotifierNoRootRefs, frozenset({"use-after-free"}),
                "stress", "B03 7533377215b6", vcpus=1),
+        Mutant("uninit-zap-shared", UninitZapShared, frozenset({"KVM_BUG_ON"}), "tdx-teardown",
+               "B13 35be969d1ef2", vcpus=1, kernel="v6.14"),
     )
 }
 

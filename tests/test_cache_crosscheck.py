@@ -252,7 +252,7 @@ def test_mutant_one_vcpu(name: str, full: bool) -> None:
     """Same verdict with and without the cache (no-recheck needs two vCPUs to go wrong:
     with one, both searches pass)."""
     m = MUTANTS[name]
-    prog = Config(m.scenario, mutant=name, vcpus=1).program()
+    prog = Config(m.scenario, kernel=m.kernel, mutant=name, vcpus=1).program()
     on, _ = crosscheck(prog, 0 if full else UNCACHED_BUDGET)
     result = on.result  # type: ignore[attr-defined]
     if result.verdict == "violation":
@@ -265,7 +265,7 @@ def test_mutant_found_with_cache_replays_without_it(name: str) -> None:
     is real: a fresh execution of the schedule ends in the same violation."""
     m = MUTANTS[name]
     for vcpus in (1, 2):
-        prog = Config(m.scenario, mutant=name, vcpus=vcpus).program()
+        prog = Config(m.scenario, kernel=m.kernel, mutant=name, vcpus=vcpus).program()
         result = dfs(prog, True).result  # type: ignore[attr-defined]
         if result.verdict == "violation":
             break

@@ -185,7 +185,9 @@ KVM = [("vcpu-load", 1), ("vcpu-load", 2), ("memslot-delete", 1)]
 CONFIGS = [(s, v, k, m) for s, v in KVM for k in KERNELS for m in (None, *MUTANTS)]
 # The page-table layer: its scenarios on every kernel, its mutants on v6.9.
 CONFIGS += [*((s, 1, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in KERNELS),
-            *(("stress", 1, "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
+            *(("stress", 1, "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs")),
+            # v6.14's mirror roots (B13): the TDX-like VM, with and without the mutant.
+            *(("tdx-teardown", 1, "v6.14", m) for m in (None, "uninit-zap-shared"))]
 
 
 @pytest.mark.parametrize(("scenario", "vcpus", "kernel", "mutant"), CONFIGS,

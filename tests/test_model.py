@@ -51,7 +51,7 @@ CAUGHT = [name for name, m in MUTANTS.items() if not m.harmless]
 @pytest.mark.parametrize("name", CAUGHT)
 def test_mutant_is_caught_with_its_violation(name: str) -> None:
     m = MUTANTS[name]
-    config = Config(m.scenario, "v6.9", name, m.vcpus)
+    config = Config(m.scenario, m.kernel, name, m.vcpus)
     r = check(config, Limits(shrink_time=5))
     assert r.verdict == "violation"
     assert r.violation is not None and r.violation.kind in m.expect, r.violation
@@ -61,10 +61,10 @@ def test_mutant_is_caught_with_its_violation(name: str) -> None:
     assert replayed.world.violation.kind == r.violation.kind
 
 
-@pytest.mark.parametrize("scenario", sorted({m.scenario for m in MUTANTS.values()}))
-def test_unmutated_kernel_passes_the_mutants_scenarios(scenario: str) -> None:
+@pytest.mark.parametrize(("scenario", "kernel"), sorted({(m.scenario, m.kernel) for m in MUTANTS.values()}))
+def test_unmutated_kernel_passes_the_mutants_scenarios(scenario: str, kernel: str) -> None:
     """No false positive: without the mutations the same configurations are clean."""
-    r = check(Config(scenario, "v6.9", None, 1), FAST)
+    r = check(Config(scenario, kernel, None, 1), FAST)
     assert r.verdict == "pass"
 
 

@@ -297,12 +297,12 @@ def test_ctrl_c_is_incomplete() -> None:
 
 def test_corpus_command_runs_the_rows_asked_for() -> None:
     """The whole corpus runs in tests/test_corpus.py; here the command's contract."""
-    r = run("corpus", "--json", "--only", "B05,no-recheck,B13")
+    r = run("corpus", "--json", "--only", "B05,no-recheck,request-after-unlock")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["ok"] is True
     assert [(row["id"], row["expressible"]) for row in out["rows"]] == [
-        ("B05", True), ("B13", False), ("M1", True)]
+        ("B05", True), ("M1", True), ("M4", False)]
     assert all(row["caught"] and not row["false_positive"] for row in out["rows"] if row["expressible"])
     table = run("corpus", "--only", "B05")
     assert table.exit_code == 0 and "B05" in table.stdout and "M1" not in table.stdout

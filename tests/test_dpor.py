@@ -202,6 +202,8 @@ CONFIGS += [("aging-unmap", 1, "v6.9", None), ("aging-unmap", 1, "v6.9+lockless-
             ("aging", 1, "v6.9+lockless-aging", None),
             *((MUTANTS[m].scenario, 1, MUTANTS[m].kernel, m)
               for m in ("aging-outside-rcu", "aging-nonatomic-clear"))]
+# v6.14's mirror roots (B13): the TDX-like VM, with and without the mutant.
+CONFIGS += [("tdx-teardown", 1, "v6.14", m) for m in (None, "uninit-zap-shared")]
 
 
 @pytest.mark.parametrize(("scenario", "vcpus", "kernel", "mutant"), CONFIGS,

@@ -668,13 +668,10 @@ CORPUS: list[CorpusRow] = [
     CorpusRow("B11", "schedule-outside-write-lock", _C["schedule-outside-write-lock"], "v6.9",
               "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
               "scheduled => invalid wherever nobody holds mmu_lock for write"),
-    CorpusRow("B13", "uninit-shared-mirror", None, "v6.14",
-              "", "KVM: x86/tdp_mmu: Zap invalid roots with mmu_lock holding for write at uninit "
-              "(Message-Id 20240718211230.1492011-2; mainline id not recorded)",
-              "external (S-EPT) SPTEs of mirror roots are removed only under the write lock",
-              why_not="needs TDX mirror roots (role.is_mirror, mirror_root_hpa, root-type masks), "
-              "external page tables and handle_removed_pt's KVM_BUG_ON(shared); the model "
-              "has none of them"),
+    CorpusRow("B13", "uninit-zap-shared", MUTANTS["uninit-zap-shared"], "v6.14",
+              "35be969d1ef2", "KVM: x86/mmu: Zap invalid roots with mmu_lock holding for write at "
+              "uninit (Message-Id 20240718211230.1492011-2)",
+              "external (S-EPT) SPTEs of mirror roots are removed only under the write lock"),
     CorpusRow("B15", "aging-outside-rcu", MUTANTS["aging-outside-rcu"], "v6.9+lockless-aging",
               "b146a9b34aed", "KVM: x86/mmu: Relax locking for kvm_test_age_gfn() and kvm_age_gfn() "
               "(lockless aging of the valid roots, after 526e609f0567 Process only valid TDP MMU "

@@ -33,16 +33,22 @@ from tdpmmu.kvm.tdp_mmu import RET_PF_RETRY, TdpMmu, mapped_leaves
 Steps = Generator[Op, int, None]
 
 CURRENT = -1  # "slot" of mmu->root.hpa, beside prev_roots[0..2]
+MIRROR = -2  # "slot" of mmu->mirror_root_hpa (v6.14)
 
 
 def root_hpa(mmu: kvm_mmu, slot: int) -> kvm_mmu_page | None:
-    """``mmu->root.hpa`` (slot CURRENT) or ``mmu->prev_roots[slot].hpa``."""
+    """``mmu->root.hpa`` (slot CURRENT), ``mmu->mirror_root_hpa`` (MIRROR) or
+    ``mmu->prev_roots[slot].hpa``."""
+    if slot == MIRROR:
+        return mmu.mirror_root_hpa  # type: ignore[no-any-return]
     return mmu.root.hpa if slot == CURRENT else mmu.prev_roots[slot]  # type: ignore[no-any-return]
 
 
 def set_root_hpa(mmu: kvm_mmu, slot: int, hpa: kvm_mmu_page | None) -> None:
     if slot == CURRENT:
         mmu.root.hpa = hpa
+    elif slot == MIRROR:
+        mmu.mirror_root_hpa = hpa
     else:
         set_item(mmu, "prev_roots", slot, hpa)
 
@@ -112,6 +118,10 @@ class Mmu(TdpMmu):
     def kvm_mmu_unload(self, vcpu: kvm_vcpu) -> Steps:
         yield from self.kvm_mmu_free_roots(vcpu.kvm, vcpu.arch.root_mmu, KVM_MMU_ROOTS_ALL)
         WARN_ON_ONCE(VALID_PAGE(vcpu.arch.root_mmu.root.hpa), "VALID_PAGE(vcpu->arch.root_mmu.root.hpa)")
+
+    def kvm_mmu_destroy(self, vcpu: kvm_vcpu) -> Steps:
+        """vCPU destruction (kvm_destroy_vcpus()): its roots were unloaded already."""
+        yield from self.kvm_mmu_unload(vcpu)
 
     def is_obsolete_sp(self, kvm: Kvm, sp: kvm_mmu_page) -> bool:
         # TDP MMU pages ignore mmu_valid_gen.
@@ -211,7 +221,8 @@ class Mmu(TdpMmu):
 
     def kvm_tdp_mmu_page_fault(self, vcpu: kvm_vcpu, gfn: int) -> Generator[Op, int, int]:
         kvm = vcpu.kvm
-        fault = kvm_page_fault(gfn=gfn, goal_level=PG_LEVEL_4K)
+        # kvm_mmu_do_page_fault(): the gfn without the shared bit (TDX), the address with it.
+        fault = kvm_page_fault(gfn=gfn & ~kvm.arch.gfn_direct_bits, goal_level=PG_LEVEL_4K, addr=gfn)
         fault = yield from self.kvm_faultin_pfn(vcpu, fault)
         r = RET_PF_RETRY
         yield from read_lock(kvm.mmu_lock)

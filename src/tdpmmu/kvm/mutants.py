@@ -154,6 +154,16 @@ class ZapWorkerDoublePut(Base):
         yield from super().zap_then_put_root(kvm, root)
         yield from self.kvm_tdp_mmu_put_root(kvm, root)  # the mutation: a second put
 
+class UninitZapShared(Base):
+    """B13: kvm_tdp_mmu_zap_invalidated_roots() always holds mmu_lock for read, as before
+    35be969d1ef2 ("Zap invalid roots with mmu_lock holding for write at uninit"): uninit's
+    ``shared=false`` is ignored, so the mirror roots of a TDX VM are zapped with atomic
+    SPTE updates, which bug the VM (an external SPTE can only be removed under the write
+    lock). On kernels without mirror roots it changes nothing."""
+
+    def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm, shared: bool = True) -> Steps:
+        yield from super().kvm_tdp_mmu_zap_invalidated_roots(kvm)  # the mutation: no `shared`
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -219,6 +229,9 @@ MUTANTS: dict[str, Mutant] = {
         Mutant("zap-worker-double-put", ZapWorkerDoublePut,
                frozenset({"refcount", "use-after-free"}), "vcpu-load",
                "B07(a) efd995dae5eb (review of the async zap worker)", vcpus=1, kernel="v6.1"),
+
+        Mutant("uninit-zap-shared", UninitZapShared, frozenset({"KVM_BUG_ON"}), "tdx-teardown",
+               "B13 35be969d1ef2", vcpus=1, kernel="v6.14"),
     )
 }
 

@@ -83,6 +83,22 @@ def aging_unmap(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[Thread
     return [*_vcpus(k, vcpus, _all_gfns(k)), _mm_age(k, kvm), _mm_unmap(k, kvm)]
 
 
+# The GPA shared bit of a TDX guest as a gfn bit (bit 47 or 51 of the GPA in the kernel),
+# here any bit above the model's gfns: gfn g is a private access, g | bit a shared one.
+TDX_SHARED_GFN_BIT = 1 << 8
+KVM_X86_TDX_VM = 5
+
+
+def tdx_teardown(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    # A VM with mirrored TDP (on kernels without mirror roots, two faults on one root).
+    kvm.arch.vm_type = KVM_X86_TDX_VM
+    kvm.arch.gfn_direct_bits = TDX_SHARED_GFN_BIT
+    # Each vCPU loads its mirror root and its direct root, faults on gfn 0 privately (the
+    # mirror root) and then shared (the direct root), while a memslot is deleted.
+    return [*_vcpus(k, vcpus, (0, TDX_SHARED_GFN_BIT)),
+            ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
+
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -104,5 +120,8 @@ SCENARIOS = {
                  "a memslot is deleted", aging),
         Scenario("aging-unmap", "vCPUs fault while the mm ages the range and, on another CPU, "
                  "unmaps it and frees the pages", aging_unmap),
+
+        Scenario("tdx-teardown", "a TDX-like VM (v6.14 mirror roots): vCPUs fault privately and "
+                 "shared while a memslot is deleted; then VM teardown", tdx_teardown),
     )
 }

@@ -52,7 +52,7 @@ def VALID_PAGE(hpa: object) -> bool:
     return hpa is not INVALID_PAGE
 
 
-RoleWord = tuple[int, bool, int, bool, bool]
+RoleWord = tuple[int, bool, int, bool, bool, bool]
 
 
 class kvm_mmu_page_role(Struct):
@@ -63,14 +63,15 @@ class kvm_mmu_page_role(Struct):
     smm = Field(0)  # address space: as_id 1 is SMM
     guest_mode = Field(False)
     invalid = Field(False)
+    is_mirror = Field(False)  # v6.14 (6961ab0bae52): a TDX mirror root and its tables
 
     @property
     def word(self) -> RoleWord:
-        return (self.level, self.direct, self.smm, self.guest_mode, self.invalid)
+        return (self.level, self.direct, self.smm, self.guest_mode, self.invalid, self.is_mirror)
 
     @word.setter
     def word(self, value: RoleWord) -> None:
-        self.level, self.direct, self.smm, self.guest_mode, self.invalid = value
+        self.level, self.direct, self.smm, self.guest_mode, self.invalid, self.is_mirror = value
 
 
 class kvm_mmu_page(Struct):
@@ -100,6 +101,7 @@ class kvm_page_fault(NamedTuple):
     goal_level: int
     pfn: object = None  # the struct page, once kvm_faultin_pfn() resolved it
     mmu_seq: int = 0
+    addr: int = 0  # the faulting gfn as the guest gave it (fault->addr), shared bit included
 
 
 class kvm_mmu_root_info(Struct):
@@ -109,6 +111,7 @@ class kvm_mmu_root_info(Struct):
 
 class kvm_mmu(Struct):
     root = Embedded(kvm_mmu_root_info)
+    mirror_root_hpa = Field(INVALID_PAGE)  # v6.14 (fabaa7650148): TDX's mirror root
     root_role = Embedded(kvm_mmu_page_role)
     prev_roots = Field((INVALID_PAGE,) * KVM_MMU_NUM_PREV_ROOTS)  # their hpa only
 
@@ -137,6 +140,8 @@ class kvm_arch(Struct):
     tdp_mmu_pages = Field(0)  # atomic64_t: linked non-root page tables
     tdp_mmu_zap_wq = Field(None)  # v5.18..v6.5: the workqueue of root zaps
     mmu_valid_gen = Field(0)
+    vm_type = Field(0)  # KVM_X86_DEFAULT_VM; KVM_X86_TDX_VM has mirrored TDP (v6.14)
+    gfn_direct_bits = Field(0)  # TDX: the GPA shared bit, as a gfn bit (3fc3f7185112)
 
 
 class kvm(Struct):

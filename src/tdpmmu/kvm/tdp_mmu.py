@@ -68,6 +68,7 @@ from tdpmmu.kvm.structs import (
     kvm_vcpu,
 )
 from tdpmmu.kvm.tdp_iter import (
+    SptePtr,
     TdpIter,
     kvm_tdp_mmu_write_spte,
     tdp_iter_next,
@@ -200,13 +201,19 @@ class TdpMmu:
             pos = yield from first(head)
         next_root = pos.container() if pos is not None else None
         while next_root is not None:
-            if (not only_valid or not next_root.role.invalid) and (
+            if self.tdp_mmu_root_match(next_root, only_valid) and (
                 yield from self.kvm_tdp_mmu_get_root(next_root)
             ):
                 break
             pos = yield from after(head, next_root.link)
             next_root = pos.container() if pos is not None else None
         return next_root  # type: ignore[no-any-return]
+
+    @inline
+    def tdp_mmu_root_match(self, root: kvm_mmu_page, only_valid: bool) -> bool:
+        """The filter of tdp_mmu_next_root(): ``!only_valid || !root->role.invalid``
+        (v6.14 names it and filters by root types, versions.py)."""
+        return not only_valid or not root.role.invalid
 
     # The for_each_*_yield_safe macros expand, at each call site, to:
     #     root = yield from self.tdp_mmu_next_root(kvm, None, only_valid)
@@ -219,7 +226,19 @@ class TdpMmu:
     # -- allocation of a vCPU root (notes §3.3) ----------------------------------------
     def kvm_tdp_mmu_alloc_root(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
         mmu = vcpu.arch.mmu
-        role = mmu.root_role
+        root = yield from self.tdp_mmu_get_or_alloc_root(vcpu, mmu.root_role)
+        # FREE_OBSOLETE_ROOTS keeps the vCPU out of the guest if the root is
+        # invalidated from here on, and our reference keeps it alive.
+        mmu.root.hpa = root
+        mmu.root.pgd = 0
+        return 0
+
+    @inline
+    def tdp_mmu_get_or_alloc_root(
+        self, vcpu: kvm_vcpu, role: kvm_mmu_page_role
+    ) -> Generator[Op, int, kvm_mmu_page]:
+        """kvm_tdp_mmu_alloc_root() from read_lock() to read_unlock(): a referenced root
+        for ``role`` (v6.14 also calls it with the mirror role)."""
         as_id = kvm_mmu_role_as_id(role)
         kvm = vcpu.kvm
 
@@ -235,11 +254,7 @@ class TdpMmu:
         if root is None:
             root = yield from self.tdp_mmu_alloc_root_slow(vcpu, kvm, role)
         yield from read_unlock(kvm.mmu_lock)
-        # FREE_OBSOLETE_ROOTS keeps the vCPU out of the guest if the root is
-        # invalidated from here on, and our reference keeps it alive.
-        mmu.root.hpa = root
-        mmu.root.pgd = 0
-        return 0
+        return root
 
     @inline
     def tdp_mmu_alloc_root_slow(
@@ -283,12 +298,16 @@ class TdpMmu:
     CONFIG_PROVE_LOCKING = True
 
     def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
-        # Waived when the VM is being destroyed (no users) or was never set up.
-        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
-            lockdep_assert_held_write(kvm.mmu_lock)
+        self.tdp_mmu_invalidate_lockdep(kvm)
         yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
             self.tdp_mmu_invalidate_root(kvm, pos.container())
+
+    @inline
+    def tdp_mmu_invalidate_lockdep(self, kvm: Kvm) -> None:
+        # Waived when the VM is being destroyed (no users) or was never set up.
+        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
+            lockdep_assert_held_write(kvm.mmu_lock)
 
     @inline
     def tdp_mmu_invalidate_root(self, kvm: Kvm, root: kvm_mmu_page) -> None:
@@ -317,12 +336,18 @@ class TdpMmu:
 
     def kvm_tdp_mmu_zap_invalidated_roots(self, kvm: Kvm) -> Steps:
         yield from read_lock(kvm.mmu_lock)
+        yield from self.zap_invalidated_roots_walk(kvm)
+        yield from read_unlock(kvm.mmu_lock)
+
+    @inline
+    def zap_invalidated_roots_walk(self, kvm: Kvm) -> Steps:
+        """The for_each_tdp_mmu_root_yield_safe() loop of kvm_tdp_mmu_zap_invalidated_roots()
+        (v6.14 takes mmu_lock around it for read or write)."""
         root = yield from self.tdp_mmu_next_root(kvm, None, False)
         while root is not None:
             lockdep_assert_held(kvm.mmu_lock)
             yield from self.zap_invalidated_root(kvm, root)
             root = yield from self.tdp_mmu_next_root(kvm, root, False)
-        yield from read_unlock(kvm.mmu_lock)
 
     @inline
     def zap_invalidated_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
@@ -417,6 +442,17 @@ class TdpMmu:
         """Under mmu_lock held for read: cmpxchg, and on failure return -EBUSY with the
         iterator's ``old_spte`` refreshed, so the caller retries on fresh data."""
         lockdep_assert_held_read(kvm.mmu_lock)
+        r, it = yield from self._tdp_mmu_set_spte_atomic(kvm, it, new_spte)
+        if r:
+            return r, it
+        yield from self.handle_changed_spte(kvm, it.gfn, it.old_spte, new_spte, it.level, True)
+        return 0, it
+
+    @inline
+    def _tdp_mmu_set_spte_atomic(
+        self, kvm: Kvm, it: TdpIter, new_spte: object
+    ) -> Generator[Op, int, tuple[int, TdpIter]]:
+        """``__tdp_mmu_set_spte_atomic`` (renamed: Python mangles "__" names): the cmpxchg."""
         WARN_ON_ONCE(it.yielded or is_removed_spte(it.old_spte),
                      "iter->yielded || is_removed_spte(iter->old_spte)")
         table, index = it.sptep
@@ -426,21 +462,25 @@ class TdpMmu:
             world().note("fails: now {!r}", current)
             return -EBUSY, it._replace(old_spte=current)
         kvm_tdp_mmu_write_spte((table, index), new_spte)
-        yield from self.handle_changed_spte(kvm, it.gfn, it.old_spte, new_spte, it.level, True)
         return 0, it
 
     def tdp_mmu_iter_set_spte(self, kvm: Kvm, it: TdpIter, new_spte: object) -> Generator[Op, int, TdpIter]:
-        """``tdp_mmu_iter_set_spte`` + ``tdp_mmu_set_spte``: mmu_lock held for write, so
-        a plain write; no other thread can touch the SPTE."""
         WARN_ON_ONCE(it.yielded, "iter->yielded")
+        yield from self.tdp_mmu_set_spte(kvm, it.sptep, it.old_spte, new_spte, it.gfn, it.level)
+        return it._replace(old_spte=new_spte)
+
+    @inline
+    def tdp_mmu_set_spte(self, kvm: Kvm, sptep: SptePtr, old_spte: object, new_spte: object,
+                         gfn: int, level: int) -> Generator[Op, int, object]:
+        """mmu_lock held for write, so a plain write; no other thread can touch the SPTE."""
         lockdep_assert_held_write(kvm.mmu_lock)
-        WARN_ON_ONCE(is_removed_spte(it.old_spte) or is_removed_spte(new_spte),
+        WARN_ON_ONCE(is_removed_spte(old_spte) or is_removed_spte(new_spte),
                      "is_removed_spte(old_spte) || is_removed_spte(new_spte)")
-        table, index = it.sptep
+        table, index = sptep
         old_spte = table.spt[index]
         kvm_tdp_mmu_write_spte((table, index), new_spte)
-        yield from self.handle_changed_spte(kvm, it.gfn, old_spte, new_spte, it.level, False)
-        return it._replace(old_spte=new_spte)
+        yield from self.handle_changed_spte(kvm, gfn, old_spte, new_spte, level, False)
+        return old_spte
 
     def handle_changed_spte(self, kvm: Kvm, gfn: int, old_spte: object, new_spte: object,
                             level: int, shared: bool) -> Steps:
@@ -489,8 +529,15 @@ class TdpMmu:
                 if not is_shadow_present_pte(old_spte):
                     continue
                 kvm_tdp_mmu_write_spte((sp, i), REMOVED_SPTE)
-            yield from self.handle_changed_spte(kvm, gfn, old_spte, REMOVED_SPTE, level, shared)
+            yield from self.handle_removed_pt_entry(kvm, sp, gfn, old_spte, shared)
         yield from call_rcu(sp, self.tdp_mmu_free_sp_rcu_callback)
+
+    @inline
+    def handle_removed_pt_entry(self, kvm: Kvm, sp: kvm_mmu_page, gfn: int, old_spte: object,
+                                shared: bool) -> Steps:
+        """The tail of handle_removed_pt()'s loop body, once the entry is frozen (v6.14 adds
+        the mirror root's external-SPTE removal)."""
+        yield from self.handle_changed_spte(kvm, gfn, old_spte, REMOVED_SPTE, sp.role.level, shared)
 
     def tdp_mmu_unlink_sp(self, kvm: Kvm, sp: kvm_mmu_page, shared: bool) -> None:
         kvm.arch.tdp_mmu_pages -= 1  # tdp_unaccount_mmu_page(); no NX huge pages here
@@ -515,11 +562,15 @@ class TdpMmu:
 
     def kvm_tdp_mmu_zap_all(self, kvm: Kvm) -> Steps:
         lockdep_assert_held_write(kvm.mmu_lock)
-        root = yield from self.tdp_mmu_next_root(kvm, None, False)
+        root = yield from self.tdp_mmu_next_root(kvm, None, self.ZAP_ALL_ROOTS)
         while root is not None:
             lockdep_assert_held(kvm.mmu_lock)
             yield from self.tdp_mmu_zap_root(kvm, root, False)
-            root = yield from self.tdp_mmu_next_root(kvm, root, False)
+            root = yield from self.tdp_mmu_next_root(kvm, root, self.ZAP_ALL_ROOTS)
+
+    # tdp_mmu_next_root()'s only_valid for kvm_tdp_mmu_zap_all(): every root, valid or not
+    # (v6.14 passes root types here, versions.py).
+    ZAP_ALL_ROOTS: bool = False
 
     # -- page faults (notes §4.11) ---------------------------------------------------------
     def kvm_tdp_mmu_map(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> Generator[Op, int, int]:
@@ -529,7 +580,7 @@ class TdpMmu:
         kvm = vcpu.kvm
         ret = RET_PF_RETRY
         yield from rcu_read_lock()
-        root = vcpu.arch.mmu.root.hpa
+        root = self.tdp_mmu_get_root_for_fault(vcpu, fault)
         it = tdp_iter_start(root, PG_LEVEL_4K, fault.gfn)  # tdp_mmu_for_each_pte
         while tdp_iter_valid(it, fault.gfn + 1):
             if is_removed_spte(it.old_spte):
@@ -552,6 +603,11 @@ class TdpMmu:
             WARN_ON_ONCE(it.level == fault.goal_level, "iter.level == fault->goal_level")
         yield from rcu_read_unlock()
         return ret
+
+    def tdp_mmu_get_root_for_fault(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> kvm_mmu_page:
+        """``root_to_sp(vcpu->arch.mmu->root.hpa)`` (v6.14 names it: private faults of a
+        VM with mirrored TDP go to the mirror root)."""
+        return vcpu.arch.mmu.root.hpa  # type: ignore[no-any-return]
 
     def tdp_mmu_map_handle_target_level(self, vcpu: kvm_vcpu, fault: kvm_page_fault,
                                         it: TdpIter) -> Generator[Op, int, int]:
@@ -685,6 +741,7 @@ class TdpMmu:
     @inline
     def tdp_mmu_uninit_put_roots(self, kvm: Kvm) -> Steps:
         """The head of kvm_mmu_uninit_tdp_mmu(): put the TDP MMU's own reference to every
-        root left (the vCPUs have put theirs) by invalidating and zapping them."""
+        root left (the vCPUs have put theirs) by invalidating and zapping them (v6.14
+        passes root types and zaps holding mmu_lock for write, versions.py)."""
         yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)
         yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)

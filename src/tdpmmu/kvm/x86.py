@@ -231,6 +231,8 @@ class X86(Mmu):
         # kvm_arch_destroy_vm(): kvm_unload_vcpu_mmus(), ..., kvm_mmu_uninit_vm()
         for vcpu in kvm.vcpus:
             yield from self.kvm_mmu_unload(vcpu)
+        for vcpu in kvm.vcpus:  # kvm_destroy_vcpus() -> kvm_arch_vcpu_destroy()
+            yield from self.kvm_mmu_destroy(vcpu)
         yield from self.kvm_mmu_uninit_vm(kvm)
 
 

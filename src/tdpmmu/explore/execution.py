@@ -26,6 +26,7 @@ from tdpmmu.explore.runtime import (
     PRIMITIVE_CODE,
     Op,
     ReplayWorld,
+    StepAborted,
     Tid,
     Violation,
     set_world,
@@ -196,9 +197,9 @@ class Execution:
         w.tid = self.tids[tid]
         w.log = t.log
         try:
-            t.pending = t.gen.send(choice)
+            t.pending = self._send(t, choice)
             PROGRESS.steps += 1
-        except StopIteration:
+        except (StopIteration, StepAborted):
             self._end(t, tid)
         except Exception as exc:  # model code raised: a model error, never a crash
             self._end(t, tid)
@@ -217,6 +218,16 @@ class Execution:
             t.steps += 1
             t.pos += 1
         t.marks.append(len(t.log))
+
+    def _send(self, t: ThreadState, choice: int | None) -> Op:
+        """Run the thread's code to its next scheduling point (a violation reported in
+        it ends the step: ``World.report``)."""
+        self.world.stepping = True
+        try:
+            op: Op = t.gen.send(choice)
+            return op
+        finally:
+            self.world.stepping = False
 
     def _end(self, t: ThreadState, tid: int) -> None:
         t.pending = None

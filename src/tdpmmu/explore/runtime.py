@@ -65,6 +65,10 @@ class Violation:
     stack: list[str] = field(default_factory=list)  # model call chain at the report, outermost first
 
 
+class StepAborted(Exception):
+    """Raised in model code by the first violation of a step (``World.report``)."""
+
+
 # Kinds of access in ``World.accesses``. MEMBER_READ / MEMBER_WRITE touch the cell as a
 # whole only as far as one member is concerned (the member itself is logged as a cell of
 # its own): two member writes commute, a member write does not commute with a read of
@@ -111,6 +115,7 @@ class World:
         "h",
         "log",
         "notes",
+        "stepping",
         "thread_names",
         "tid",
         "tracing",
@@ -124,6 +129,7 @@ class World:
         self.tid: int = Tid(-1)
         self.thread_names: list[str] = []
         self.violation: Violation | None = None
+        self.stepping = False  # a thread's step is running (see report)
         self.tracing = False
         self.notes: list[str] = []
         self.log: list[Any] | None = None
@@ -244,11 +250,15 @@ class World:
 
     # -- reporting ------------------------------------------------------------------
     def report(self, kind: str, message: str) -> None:
-        """Record a violation. The thread keeps running, like the kernel after a WARN;
-        the engine ends the execution after the current step."""
+        """Record a violation. The execution ends with it: a thread's step stops here
+        (``StepAborted``), since nothing it does next can be explored; what the kernel
+        would do after a WARN or KVM_BUG_ON may never reach a scheduling point (a zap
+        that retries a failed SPTE update forever)."""
         if self.violation is None:
             stack = _model_stack()
             self.violation = Violation(kind, message, function=stack[-1] if stack else "", stack=stack)
+            if self.stepping:
+                raise StepAborted(kind)
 
     def note(self, text: str, *args: object) -> None:
         """Say what a step did (e.g. a refcount's new value); kept only for traces, so

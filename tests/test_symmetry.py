@@ -20,8 +20,14 @@ def _both(config: Config) -> tuple[DepthFirst, DepthFirst]:
     return plain, reduced
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
-@pytest.mark.parametrize("vcpus", [2, 3])
+# vcpu-load runs v6.9's code on v6.9+lockless-aging (only aging differs). At 3 vCPUs the
+# plain search of v6.1 (a zap worker beside the vCPUs) takes ~4 minutes: v6.1 is compared
+# at 2 vCPUs, within the suite's budget.
+SYMMETRY_RUNS = [(k, v) for k in KERNELS if k != "v6.9+lockless-aging" for v in (2, 3)
+                 if (k, v) != ("v6.1", 3)]
+
+
+@pytest.mark.parametrize(("kernel", "vcpus"), SYMMETRY_RUNS)
 def test_same_final_states_fewer_states(kernel: str, vcpus: int) -> None:
     plain, reduced = _both(Config("vcpu-load", kernel, None, vcpus))
     a, b = plain.run(), reduced.run()

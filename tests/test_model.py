@@ -37,7 +37,8 @@ def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
 # they run at one vCPU above and at two in bench/verify_matrix.py, to keep the suite
 # within its 10-minute budget.
 # (v6.9+lockless-aging runs v6.9's code there: only aging differs, tested at one vCPU.)
-TWO_VCPU_MATRIX = [(k, s) for k in KERNELS if k != "v6.9+lockless-aging" for s in ("vcpu-load", "mmu-notifier")]
+TWO_VCPU_MATRIX = [(k, s) for k in KERNELS if k != "v6.9+lockless-aging"
+                   for s in ("vcpu-load", "mmu-notifier")]
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ the row's *unmutated* kernel (which must pass: a violation there is a false posi
 
 Almost everything here is applied to the v6.9 base model: those mutations are
 expressible there, including the older bugs, because the code they broke is still in v6.9
-(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). B07
-belongs to the async-worker era (5.18..6.5): its row runs on the ``v6.1`` kernel class
-(``versions.py``), whose zap worker is the code the mutation breaks.
+(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Three
+rows run on a kernel class of their own (``versions.py``), whose code the mutation
+breaks: B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B13 on ``v6.14`` (TDX mirror
+roots) and B15 on ``v6.9+lockless-aging``.
 
 This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the

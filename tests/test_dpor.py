@@ -186,7 +186,7 @@ KVM = [("vcpu-load", 1), ("vcpu-load", 2), ("memslot-delete", 1)]
 
 def _runs(kernel: str, mutant: str) -> bool:
     """The kernel has the code the mutant changes (``Config.validate``)."""
-    return issubclass(KERNELS[kernel], KERNELS[MUTANTS[mutant].kernel])
+    return MUTANTS[mutant].runs_on(kernel)
 
 
 # v6.9+lockless-aging is v6.9 but for the aging path, which only the aging scenarios run,

@@ -535,9 +535,11 @@ ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **CORPUS_SCENARIOS}
 # The corpus
 # =====================================================================================
 
-def _m(name: str, cls: type, expect: set[str], scenario: str, origin: str) -> Mutant:
-    """A Mutant (``tdpmmu.kvm.mutants``): name, class, expected kinds, scenario, origin."""
-    return Mutant(name, cls, frozenset(expect), scenario, origin)
+def _m(name: str, cls: type, expect: set[str], scenario: str, origin: str,
+       kernel: str = Kernel.NAME, caught_on: tuple[str, ...] = ()) -> Mutant:
+    """A Mutant (``tdpmmu.kvm.mutants``): name, class, expected kinds, scenario, origin,
+    the kernel of its era and further kernels where it must be caught too."""
+    return Mutant(name, cls, frozenset(expect), scenario, origin, kernel=kernel, caught_on=caught_on)
 
 
 UAF = {"use-after-free", "refcount"}  # refcount: "underflow/addition on 0; use-after-free"
@@ -565,11 +567,11 @@ CORPUS_MUTANTS: dict[str, Mutant] = {
            "unload-double-memslot-delete", "B10 edbdb43fc96b (v2, syzbot KASAN report)"),
         _m("zap-invalidated-as-id-filter", ZapInvalidatedAsIdFilter,
            {"fast-zap-incomplete", "WARNING", "leak"},
-           "smm", "B11 441a5dfcd968"),
+           "smm", "B11 441a5dfcd968", kernel="v6.8", caught_on=("v6.9",)),
         _m("keep-scheduled-flag", KeepScheduledFlag, UAF | {"KVM_BUG_ON"},
-           "double-memslot-delete", "B11 0df9dab891ff"),
+           "double-memslot-delete", "B11 0df9dab891ff", kernel="v6.8", caught_on=("v6.9",)),
         _m("schedule-outside-write-lock", ScheduleOutsideWriteLock, {"invariant"},
-           "memslot-delete", "B11 0df9dab891ff"),
+           "memslot-delete", "B11 0df9dab891ff", kernel="v6.8", caught_on=("v6.9",)),
         _m("request-before-invalidate", RequestBeforeInvalidate, {"guest-on-invalid-root", "stale-tlb"},
            "memslot-delete", "M4"),
         _m("bug-on-before-scheduled-check", BugOnBeforeScheduledCheck, {"KVM_BUG_ON"},
@@ -659,14 +661,14 @@ CORPUS: list[CorpusRow] = [
               "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly "
               "invalidated (v2 -> v3: walk the roots safely at destruction)",
               "plain list walks run only where no list mutator can (no use-after-free)"),
-    CorpusRow("B11", "zap-invalidated-as-id-filter", _C["zap-invalidated-as-id-filter"], "v6.9",
+    CorpusRow("B11", "zap-invalidated-as-id-filter", _C["zap-invalidated-as-id-filter"], "v6.8",
               "441a5dfcd968", "KVM: x86/mmu: Do not filter address spaces in "
               "for_each_tdp_mmu_root_yield_safe()",
               "every scheduled root's list reference is put (SMM roots too); teardown leaves nothing"),
-    CorpusRow("B11", "keep-scheduled-flag", _C["keep-scheduled-flag"], "v6.9",
+    CorpusRow("B11", "keep-scheduled-flag", _C["keep-scheduled-flag"], "v6.8",
               "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
               "scheduled is set and cleared at most once per root: the list reference is put once"),
-    CorpusRow("B11", "schedule-outside-write-lock", _C["schedule-outside-write-lock"], "v6.9",
+    CorpusRow("B11", "schedule-outside-write-lock", _C["schedule-outside-write-lock"], "v6.8",
               "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
               "scheduled => invalid wherever nobody holds mmu_lock for write"),
     CorpusRow("B13", "uninit-zap-shared", MUTANTS["uninit-zap-shared"], "v6.14",

@@ -19,7 +19,7 @@ from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
 from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
 from tdpmmu.kvm.tdp_iter import TdpIter
 from tdpmmu.kvm.tdp_mmu import TdpMmu, kvm_mmu_page_as_id
-from tdpmmu.kvm.versions import V6_9_LocklessAging
+from tdpmmu.kvm.versions import KERNELS, V6_9_LocklessAging
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -181,6 +181,12 @@ class Mutant:
     # A mutant harmless on `kernel` may break another kernel: there it must be caught
     # (with `expect`), e.g. put-before-zap on the async-worker era.
     caught_on: tuple[str, ...] = ()
+
+    def runs_on(self, kernel: str) -> bool:
+        """Whether ``kernel`` has the code the mutant changes: the kernels derived from
+        its own or from one it is claimed on (a kernel class derives from the one whose
+        code it reuses, which is not always the older one: v6.8 derives from v6.9)."""
+        return any(issubclass(KERNELS[kernel], KERNELS[k]) for k in (self.kernel, *self.caught_on))
 
     def harmless_on(self, kernel: str) -> bool:
         return bool(self.harmless) and kernel not in self.caught_on

@@ -35,7 +35,7 @@ from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.bug import KVM_BUG_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
-from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
+from tdpmmu.kernel.rcu import rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
     list_first_or_null_unchecked,
@@ -192,14 +192,10 @@ class PutRootNoPagesLock(Base):
     run under mmu_lock held for read). Its ``list_del_rcu`` then races with a vCPU's
     ``list_add_rcu`` in kvm_tdp_mmu_alloc_root(): the new root can be unlinked."""
 
-    def kvm_tdp_mmu_put_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
-        if not (yield from refcount_dec_and_test(root.tdp_mmu_root_count)):
-            return
-        KVM_BUG_ON(not root.tdp_mmu_page or not root.role.invalid, kvm,
-                   "!is_tdp_mmu_page(root) || !root->role.invalid")
+    @inline
+    def tdp_mmu_unlink_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
         # The mutation: no spin_lock(&kvm->arch.tdp_mmu_pages_lock) around the unlink.
         yield from list_del_rcu_unserialized(root.link)
-        yield from call_rcu(root, self.tdp_mmu_free_sp_rcu_callback)
 
 
 class NoStaleRootCheck(Base):

@@ -25,6 +25,8 @@ FAST = Limits(shrink_time=0)
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "stress"])
 def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
+    if kernel == "v5.13" and scenario.startswith("aging"):
+        pytest.skip("v5.13 ages with v6.9's code; its rows are about roots (suite budget)")
     r = check(Config(scenario, kernel, None, 1), FAST)
     assert r.verdict == "pass", r.violation
     assert r.stats.states > 10
@@ -37,8 +39,9 @@ def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
 # they run at one vCPU above and at two in bench/verify_matrix.py, to keep the suite
 # within its 10-minute budget.
 # (v6.9+lockless-aging runs v6.9's code there: only aging differs, tested at one vCPU.)
+# v5.13 runs vcpu-load only (its mmu-notifier at two vCPUs takes ~80 s: bench).
 TWO_VCPU_MATRIX = [(k, s) for k in KERNELS if k != "v6.9+lockless-aging"
-                   for s in ("vcpu-load", "mmu-notifier")]
+                   for s in ("vcpu-load", "mmu-notifier") if (k, s) != ("v5.13", "mmu-notifier")]
 
 
 @pytest.mark.slow
@@ -68,7 +71,8 @@ def test_mutant_is_caught_with_its_violation(name: str, kernel: str) -> None:
 
 # (stress on v6.1 takes 40 s at two gfns: tests/test_page_tables.py runs it at one.)
 UNMUTATED = sorted({(m.scenario, k) for m in MUTANTS.values() for k in (m.kernel, *m.caught_kernels)}
-                   - {("stress", "v6.1")})
+                   - {("stress", "v6.1"), ("stress", "v5.13")})
+# (stress on v5.13, ~35 s, is B03's row: test_corpus checks it unmutated.)
 
 
 @pytest.mark.parametrize(("scenario", "kernel"), UNMUTATED)

@@ -9,10 +9,12 @@ the row's *unmutated* kernel (which must pass: a violation there is a false posi
 
 Almost everything here is applied to the v6.9 base model: those mutations are
 expressible there, including the older bugs, because the code they broke is still in v6.9
-(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Three
-rows run on a kernel class of their own (``versions.py``), whose code the mutation
-breaks: B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B13 on ``v6.14`` (TDX mirror
-roots) and B15 on ``v6.9+lockless-aging``.
+(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Some
+rows run on a kernel class of their own (``versions/``), whose code the mutation
+breaks: B02's next-root-no-rcu and B03 on ``v5.13`` (the RCU root list's first release),
+B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B13 on ``v6.14`` (TDX mirror
+roots) and B15 on ``v6.9+lockless-aging``. B02's other three mutants stay on v6.9: on
+v5.13 nothing they break is reachable (docs/corpus.md, "The v5.13 kernel").
 
 This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
@@ -35,7 +37,7 @@ from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.bug import KVM_BUG_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
-from tdpmmu.kernel.rcu import call_rcu, rcu_read_lock, rcu_read_unlock
+from tdpmmu.kernel.rcu import rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
     list_first_or_null_unchecked,
@@ -192,14 +194,10 @@ class PutRootNoPagesLock(Base):
     run under mmu_lock held for read). Its ``list_del_rcu`` then races with a vCPU's
     ``list_add_rcu`` in kvm_tdp_mmu_alloc_root(): the new root can be unlinked."""
 
-    def kvm_tdp_mmu_put_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
-        if not (yield from refcount_dec_and_test(root.tdp_mmu_root_count)):
-            return
-        KVM_BUG_ON(not root.tdp_mmu_page or not root.role.invalid, kvm,
-                   "!is_tdp_mmu_page(root) || !root->role.invalid")
+    @inline
+    def tdp_mmu_unlink_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
         # The mutation: no spin_lock(&kvm->arch.tdp_mmu_pages_lock) around the unlink.
         yield from list_del_rcu_unserialized(root.link)
-        yield from call_rcu(root, self.tdp_mmu_free_sp_rcu_callback)
 
 
 class NoStaleRootCheck(Base):
@@ -551,8 +549,8 @@ CORPUS_MUTANTS: dict[str, Mutant] = {
            "vcpu-load", "B01 a889ea54b3da"),
         _m("get-root-refcount-inc", GetRootRefcountInc, UAF,
            "double-memslot-delete", "B02 fb10129335ca/11cccf5c0472"),
-        _m("next-root-no-rcu", NextRootNoRcu, {"suspicious RCU usage"},
-           "vcpu-load", "B02 c0e64238ac53"),
+        Mutant("next-root-no-rcu", NextRootNoRcu, frozenset({"suspicious RCU usage"}),
+               "vcpu-load", "B02 c0e64238ac53", kernel="v5.13", caught_on=("v6.9",)),
         _m("next-root-no-rcu-unchecked", NextRootNoRcuUnchecked, {"use-after-free"},
            "double-memslot-delete", "B02 c0e64238ac53 (without CONFIG_PROVE_RCU)"),
         _m("put-root-no-pages-lock", PutRootNoPagesLock, {"leak", "WARNING", "use-after-free"},
@@ -612,7 +610,7 @@ CORPUS: list[CorpusRow] = [
               "fb10129335ca", "KVM: x86/mmu: handle cmpxchg failure in kvm_tdp_mmu_get_root "
               "(with 11cccf5c0472 Make TDP MMU root refcount atomic)",
               "a count is never raised from 0 (no refcount_inc on 0: resurrecting a root being freed)"),
-    CorpusRow("B02", "next-root-no-rcu", _C["next-root-no-rcu"], "v6.9",
+    CorpusRow("B02", "next-root-no-rcu", _C["next-root-no-rcu"], "v5.13",
               "c0e64238ac53", "KVM: x86/mmu: Protect the tdp_mmu_roots list with RCU",
               "RCU list readers run inside rcu_read_lock() (CONFIG_PROVE_RCU)"),
     CorpusRow("B02", "next-root-no-rcu-unchecked", _C["next-root-no-rcu-unchecked"], "v6.9",
@@ -624,7 +622,7 @@ CORPUS: list[CorpusRow] = [
               "(root list mutations under tdp_mmu_pages_lock)",
               "the list is mutated only under tdp_mmu_pages_lock; a live root stays on the list; "
               "teardown leaves nothing"),
-    CorpusRow("B03", "notifier-no-root-refs", MUTANTS["notifier-no-root-refs"], "v6.9",
+    CorpusRow("B03", "notifier-no-root-refs", MUTANTS["notifier-no-root-refs"], "v5.13",
               "7533377215b6", "KVM: x86/mmu: Use yield-safe TDP MMU root iter in MMU notifier unmapping",
               "whoever drops mmu_lock while positioned on a root holds a reference to it"),
     CorpusRow("B04", "notifier-skips-invalid-roots", MUTANTS["notifier-skips-invalid-roots"], "v6.9",

@@ -104,7 +104,9 @@ class PutBeforeZap(Base):
 class NotifierNoRootRefs(Base):
     """B03: the mmu_notifier unmap walks the roots list without taking references
     (``for_each_tdp_mmu_root``, as before 7533377215b6) yet may yield inside the zap:
-    while it is away the root can be put for the last time and freed under it."""
+    while it is away the root can be put for the last time and freed under it. Its
+    kernel is ``v5.13``, whose unmap (7533377215b6 applied) it turns back into the one
+    v5.13 shipped; it is caught on v6.9 too."""
 
     def kvm_tdp_mmu_unmap_gfn_range(self, kvm: Kvm, as_id: int, start: int, end: int,
                                     may_block: bool, flush: bool) -> Generator[Op, int, bool]:
@@ -223,7 +225,7 @@ MUTANTS: dict[str, Mutant] = {
                "the async-worker era's worker holds nothing but the gifted reference, so there it is a bug",
                vcpus=1, caught_on=("v6.1",)),
         Mutant("notifier-no-root-refs", NotifierNoRootRefs, frozenset({"use-after-free"}),
-               "stress", "B03 7533377215b6", vcpus=1),
+               "stress", "B03 7533377215b6", vcpus=1, kernel="v5.13", caught_on=("v6.9",)),
         Mutant("aging-outside-rcu", AgingOutsideRcu, frozenset({"use-after-free"}),
                "aging", "B15 b146a9b34aed (lockless aging needs rcu_read_lock)", vcpus=1,
                kernel="v6.9+lockless-aging"),

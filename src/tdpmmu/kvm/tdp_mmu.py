@@ -168,11 +168,17 @@ class TdpMmu:
     @inline
     def tdp_mmu_unlink_and_free_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
         """The tail of kvm_tdp_mmu_put_root() once the last reference is gone: unlink the
-        root, free it after a grace period (the same four lines since 2bdb3d84cebc)."""
+        root, free it after a grace period (the same four lines since 2bdb3d84cebc; v5.13
+        zaps the root between the two, versions/v5_13.py)."""
+        yield from self.tdp_mmu_unlink_root(kvm, root)
+        yield from call_rcu(root, self.tdp_mmu_free_sp_rcu_callback)
+
+    @inline
+    def tdp_mmu_unlink_root(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
+        """``list_del_rcu(&root->link)`` under tdp_mmu_pages_lock (since 2bdb3d84cebc)."""
         yield from spin_lock(kvm.arch.tdp_mmu_pages_lock)
         yield from list_del_rcu(root.link)
         yield from spin_unlock(kvm.arch.tdp_mmu_pages_lock)
-        yield from call_rcu(root, self.tdp_mmu_free_sp_rcu_callback)
 
     # -- iteration (notes §1.5, §2.3) ---------------------------------------------------
     def tdp_mmu_next_root(
@@ -380,13 +386,17 @@ class TdpMmu:
             yield from self._tdp_mmu_zap_root(kvm, root, shared, min(level or root_level, root_level))
         yield from rcu_read_unlock()
 
-    def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int) -> Steps:
-        """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes)."""
+    def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int,
+                          can_yield: bool = True) -> Steps:
+        """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes).
+        ``can_yield=False``: v5.13's zap_gfn_range() from the final put, which may not
+        drop mmu_lock (versions/v5_13.py)."""
         end = self.tdp_mmu_max_gfn_exclusive()
         it = tdp_iter_start(root, zap_level, 0)
         while tdp_iter_valid(it, end):
             # retry:
-            it = yield from self.tdp_mmu_iter_cond_resched(kvm, it, False, shared)
+            if can_yield:
+                it = yield from self.tdp_mmu_iter_cond_resched(kvm, it, False, shared)
             if it.yielded or not is_shadow_present_pte(it.old_spte) or it.level > zap_level:
                 it = tdp_iter_next(it)
                 continue

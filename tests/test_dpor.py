@@ -191,9 +191,11 @@ def _runs(kernel: str, mutant: str) -> bool:
 
 # v6.9+lockless-aging is v6.9 but for the aging path, which only the aging scenarios run,
 # and the aging mutants change nothing else: both are left out of the other scenarios.
+# v5.11 subclasses v6.9 but replaces the code v6.9's mutants change (root references, the
+# iterator, invalidation, faults): only the unmutated kernel is compared there.
 ROOT_KERNELS = [k for k in KERNELS if k != "v6.9+lockless-aging"]
 CONFIGS = [(s, v, k, m) for s, v in KVM for k in ROOT_KERNELS for m in (None, *MUTANTS)
-           if m is None or (_runs(k, m) and not MUTANTS[m].scenario.startswith("aging"))]
+           if m is None or (_runs(k, m) and k != "v5.11" and not MUTANTS[m].scenario.startswith("aging"))]
 # The page-table layer: its scenarios on every kernel, its mutants on v6.9.
 CONFIGS += [*((s, 1, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in ROOT_KERNELS),
             *(("stress", 1, "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
@@ -230,6 +232,9 @@ def test_kvm_same_verdict_and_final_states(scenario: str, vcpus: int, kernel: st
 # (1,654 executions) is compared with plain search with the cache, itself cross-checked
 # against the cache-less search on smaller programs (tests/test_cache_crosscheck.py).
 FULL_TREE_TOO_BIG = {"v6.1"}
+# v5.11 frees roots at once (no RCU callback thread to interleave): vcpu-load at one vCPU
+# is two executions, which DPOR cannot reduce.
+NOTHING_TO_REDUCE = {"v5.11"}
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
@@ -238,5 +243,7 @@ def test_kvm_stateless(kernel: str) -> None:
     prog = Config("vcpu-load", kernel, None, 1).program()
     full, reduced = dfs(prog, kernel in FULL_TREE_TOO_BIG), dpor(prog, False)
     agree(full, reduced, prog)
-    if kernel not in FULL_TREE_TOO_BIG:
+    if kernel in NOTHING_TO_REDUCE:
+        assert reduced.stats.executions == full.stats.executions
+    elif kernel not in FULL_TREE_TOO_BIG:
         assert reduced.stats.executions < full.stats.executions

@@ -38,8 +38,8 @@ def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
 # within its 10-minute budget.
 # (v6.9+lockless-aging runs v6.9's code there: only aging differs, tested at one vCPU.)
 # v5.11's mmu-notifier at two vCPUs takes ~55 s (every fault and the unmap's yield-safe
-# walk serialize on the one lock, each reference a step): it runs at one vCPU above, and
-# v5.11's memslot-delete at two in bench/ (PASS, 45,964 states, ~80 s).
+# walk serialize on the one lock, each reference a step): it runs at one vCPU above
+# (memslot-delete at two vCPUs was measured: PASS, 45,964 states, ~80 s; docs/corpus.md B01).
 TWO_VCPU_MATRIX = [(k, s) for k in KERNELS if k != "v6.9+lockless-aging"
                    for s in ("vcpu-load", "mmu-notifier") if (k, s) != ("v5.11", "mmu-notifier")]
 

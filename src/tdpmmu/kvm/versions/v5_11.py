@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from tdpmmu.explore.runtime import Op, world
+from tdpmmu.explore.runtime import Op, inline, world
 from tdpmmu.kernel.bug import BUG_ON, WARN_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held
 from tdpmmu.kernel.lockedint import pre_dec, pre_inc
@@ -181,6 +181,7 @@ class V5_11(V6_8):
             # else if (sp->role.invalid): kvm_mmu_prepare_zap_page(): shadow pages only
         set_root_hpa(mmu, slot, INVALID_PAGE)
 
+    @inline
     def vcpu_enter_guest_requests(self, vcpu: kvm_vcpu) -> Generator[Op, int, bool]:
         if (yield from kvm_check_request(KVM_REQ_MMU_RELOAD, vcpu)):
             yield from self.kvm_mmu_unload(vcpu)

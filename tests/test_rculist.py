@@ -167,3 +167,36 @@ def test_walk_without_rcu_read_lock_is_suspicious() -> None:
         pos = yield from list_first_or_null_rcu(s.head)
         del pos
     expect_violation(Prog(make_setup(1, 2, 3), [lockless, deleter], rcu=True), "suspicious RCU usage")
+
+
+# -- list.h: the plain mutators, for lists changed and walked under one lock ------------------
+def test_list_add_and_del_plain() -> None:
+    from tdpmmu.kernel.rculist import LIST_POISON1, list_add, list_del
+
+    def t(s: Shared):
+        n2 = s.nodes[1]
+        yield from list_del(n2.link)
+        log(s.b, vals(s))
+        log(s.b, (n2.link.next, n2.link.prev))
+        yield from list_add(n2.link, s.head)
+        log(s.b, vals(s))
+    assert outcomes(Prog(make_setup(1, 2, 3), [t], observe=lambda s: s.b.log)) == {
+        ((1, 3), (LIST_POISON1, LIST_POISON2), (2, 1, 3))}
+
+
+def test_walk_under_the_lock_never_meets_a_deleted_node() -> None:
+    """A walker that reads ``next`` under the lock the mutators hold sees the list before
+    or after each deletion, never a poisoned pointer."""
+    from tdpmmu.kernel.rculist import list_del
+
+    def walker_locked(s: Shared):
+        yield from spin_lock(s.lock)
+        log(s.b, vals(s))
+        yield from spin_unlock(s.lock)
+
+    def deleter(s: Shared):
+        yield from spin_lock(s.lock)
+        yield from list_del(s.nodes[0].link)
+        yield from spin_unlock(s.lock)
+    got = outcomes(Prog(make_setup(1, 2), [walker_locked, deleter], observe=lambda s: s.b.log))
+    assert got == {((1, 2),), ((2,),)}

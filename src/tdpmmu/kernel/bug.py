@@ -1,4 +1,4 @@
-"""WARN_ON, WARN_ON_ONCE, BUG and KVM_BUG_ON: report, and let the thread go on like the kernel.
+"""WARN_ON, WARN_ON_ONCE, BUG, BUG_ON and KVM_BUG_ON: report, and let the thread go on like the kernel.
 
 None of these is a scheduling point. Each records a violation (the first one wins); the
 engine ends the execution after the current step, so the trace stops at the splat.
@@ -20,6 +20,12 @@ def WARN_ON(cond: object, text: str = "") -> bool:
 def BUG(text: str = "") -> None:
     """``BUG()``: the kernel oopses here; the model reports and ends the execution."""
     world().report("BUG", text or "BUG()")
+
+
+def BUG_ON(cond: object, text: str = "") -> bool:
+    if cond:
+        BUG(f"BUG_ON({text})" if text else "BUG_ON")
+    return bool(cond)
 
 
 WARN_ON_ONCE = WARN_ON  # the engine stops at the first WARN, so "once" is automatic

@@ -1,4 +1,5 @@
-"""struct list_head and the RCU list API (include/linux/rculist.h).
+"""struct list_head and the RCU list API (include/linux/rculist.h), and the two plain
+mutators of include/linux/list.h that lock-protected lists use (``list_add``, ``list_del``).
 
 Mutations (``list_add_rcu``, ``list_del_rcu``) are single scheduling points: on a
 sequentially consistent machine ``rcu_assign_pointer`` makes the new node visible whole
@@ -15,6 +16,7 @@ from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.memory import Field, Struct
 from tdpmmu.kernel.rcu import rcu_read_lock_held
 
+LIST_POISON1 = "LIST_POISON1"
 LIST_POISON2 = "LIST_POISON2"
 
 
@@ -91,6 +93,29 @@ def list_next_or_null_unchecked(head: list_head, ptr: list_head) -> Generator[Op
     yield Op("list_next_or_null_rcu", ptr.container())
     nxt: list_head = ptr.next
     return None if nxt == head else nxt
+
+
+# include/linux/list.h: for lists every user walks and changes under one lock (v5.11's
+# tdp_mmu_roots under mmu_lock). Single steps like the RCU mutators; ``list_del`` poisons
+# both pointers, so only a walker that read ``next`` before the deletion may go on.
+@primitive
+def list_add(new: list_head, head: list_head) -> Generator[Op, int, None]:
+    yield Op("list_add", new.container(), head)
+    first = head.next
+    new.next = first
+    new.prev = head
+    head.next = new
+    first.prev = new
+
+
+@primitive
+def list_del(entry: list_head) -> Generator[Op, int, None]:
+    yield Op("list_del", entry.container())
+    nxt, prv = entry.next, entry.prev
+    nxt.prev = prv
+    prv.next = nxt
+    entry.next = LIST_POISON1
+    entry.prev = LIST_POISON2
 
 
 def list_for_each(head: list_head) -> Iterator[list_head]:

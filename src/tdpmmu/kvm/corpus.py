@@ -37,14 +37,13 @@ from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.bug import KVM_BUG_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
-from tdpmmu.kernel.rcu import rcu_read_lock, rcu_read_unlock
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
     list_first_or_null_unchecked,
     list_head,
     list_next_or_null_unchecked,
 )
-from tdpmmu.kernel.refcount import refcount_dec_and_test, refcount_inc
+from tdpmmu.kernel.refcount import refcount_inc
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
 from tdpmmu.kvm.mutants import MUTANTS, Mutant, build_kernel
@@ -66,7 +65,7 @@ from tdpmmu.kvm.structs import (
     kvm_vcpu,
 )
 from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id
-from tdpmmu.kvm.versions import KERNELS
+from tdpmmu.kvm.versions import KERNELS, V5_11
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -75,8 +74,9 @@ Steps = Generator[Op, int, None]
 # Type checkers see it as a Kernel subclass; at run time it is a plain mixin.
 if TYPE_CHECKING:
     Base = Kernel
+    V5_11Base = V5_11  # the mutants of v5.11's code
 else:
-    Base = object
+    Base = V5_11Base = object
 
 
 # =====================================================================================
@@ -120,24 +120,22 @@ def _root(pos: list_head) -> kvm_mmu_page:
 # Mutants
 # =====================================================================================
 
-class NextRootPlainDecrement(Base):
-    """B01: ``tdp_mmu_next_root()`` drops its reference on the previous root with a plain
-    decrement, ignoring that it may have been the last one (5.11-rc's
-    ``kvm_mmu_put_root()``, whose result the iterator discarded), instead of
-    ``kvm_tdp_mmu_put_root()``. A root whose last reference the iterator held stays on
-    the list with count 0, is never unlinked nor freed."""
+class NextRootPlainDecrement(V5_11Base):
+    """B01: ``tdp_mmu_next_root()`` (v5.11's yield-safe root iterator) drops its reference
+    on the previous root with a plain ``kvm_mmu_put_root()``, a bare ``--root_count``
+    whose result it ignores, instead of ``tdp_mmu_put_root()``, which frees the root
+    when that was the last reference (the put a889ea54b3da added). If a vCPU dropped
+    its own reference while the iterator yielded, the root stays on the list with count
+    0: never freed, and the next ``kvm_mmu_get_root()`` of it hits ``BUG_ON``."""
 
     def tdp_mmu_next_root(
         self, kvm: Kvm, prev_root: kvm_mmu_page | None, only_valid: bool
     ) -> Generator[Op, int, kvm_mmu_page | None]:
-        lockdep_assert_held(kvm.mmu_lock)
-        yield from rcu_read_lock()
-        next_root = yield from self.tdp_mmu_next_root_walk(kvm, prev_root, only_valid)
-        yield from rcu_read_unlock()
-        if prev_root is not None:
-            # The mutation: --root_count, whether or not it was the last reference.
-            yield from refcount_dec_and_test(prev_root.tdp_mmu_root_count)
-        return next_root
+        if prev_root is None:
+            return (yield from super().tdp_mmu_next_root(kvm, None, only_valid))
+        pos = prev_root.link.next  # list_next_entry(root, link)
+        yield from self.kvm_mmu_put_root(kvm, prev_root)  # the mutation: not tdp_mmu_put_root()
+        return (yield from self.tdp_mmu_next_root_valid(kvm, pos))
 
 
 class GetRootRefcountInc(Base):
@@ -545,8 +543,8 @@ UAF = {"use-after-free", "refcount"}  # refcount: "underflow/addition on 0; use-
 CORPUS_MUTANTS: dict[str, Mutant] = {
     m.name: m
     for m in (
-        _m("next-root-plain-decrement", NextRootPlainDecrement, {"WARNING", "leak"},
-           "vcpu-load", "B01 a889ea54b3da"),
+        _m("next-root-plain-decrement", NextRootPlainDecrement, {"BUG", "WARNING", "leak"},
+           "memslot-delete", "B01 a889ea54b3da", kernel="v5.11"),
         _m("get-root-refcount-inc", GetRootRefcountInc, UAF,
            "double-memslot-delete", "B02 fb10129335ca/11cccf5c0472"),
         Mutant("next-root-no-rcu", NextRootNoRcu, frozenset({"suspicious RCU usage"}),
@@ -602,10 +600,10 @@ class CorpusRow:
 _C = CORPUS_MUTANTS
 
 CORPUS: list[CorpusRow] = [
-    CorpusRow("B01", "next-root-plain-decrement", _C["next-root-plain-decrement"], "v6.9",
+    CorpusRow("B01", "next-root-plain-decrement", _C["next-root-plain-decrement"], "v5.11",
               "a889ea54b3da", "KVM: x86/mmu: Ensure TDP MMU roots are freed after yield",
-              "count reaches 0 => the root is unlinked and freed (no zero-count root on the list); "
-              "teardown leaves nothing"),
+              "count reaches 0 => the root is unlinked and freed (no zero-count root on the list, "
+              "none taken again by kvm_mmu_get_root()); teardown leaves nothing"),
     CorpusRow("B02", "get-root-refcount-inc", _C["get-root-refcount-inc"], "v6.9",
               "fb10129335ca", "KVM: x86/mmu: handle cmpxchg failure in kvm_tdp_mmu_get_root "
               "(with 11cccf5c0472 Make TDP MMU root refcount atomic)",

@@ -188,7 +188,10 @@ class Mutant:
         """Whether ``kernel`` has the code the mutant changes: the kernels derived from
         its own or from one it is claimed on (a kernel class derives from the one whose
         code it reuses, which is not always the older one: v6.8 derives from v6.9)."""
-        return any(issubclass(KERNELS[kernel], KERNELS[k]) for k in (self.kernel, *self.caught_on))
+        claimed = (self.kernel, *self.caught_on)
+        if KERNELS[kernel].CORPUS_ERA:  # it replaces most code: only its own mutants
+            return kernel in claimed
+        return any(issubclass(KERNELS[kernel], KERNELS[k]) for k in claimed)
 
     def harmless_on(self, kernel: str) -> bool:
         return bool(self.harmless) and kernel not in self.caught_on

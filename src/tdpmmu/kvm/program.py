@@ -82,6 +82,6 @@ class KvmProgram:
         if not list_empty(self.kvm.arch.tdp_mmu_roots):
             world.report("leak", "tdp_mmu_roots not empty after VM destruction")
         for obj in objects_of(kvm_mmu_page, live_only=True):
-            world.report("leak", f"{obj!r} never freed (refcount {obj.tdp_mmu_root_count.refs})")
+            world.report("leak", f"{obj!r} never freed (refcount {self.kernel.tdp_mmu_root_refs(obj)})")
         if RCU.pending:
             world.report("leak", f"{len(RCU.pending)} RCU callbacks never ran")

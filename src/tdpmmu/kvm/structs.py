@@ -28,6 +28,9 @@ class Request(IntEnum):
     """vCPU requests (include/linux/kvm_host.h, arch/x86/include/asm/kvm_host.h)."""
 
     KVM_REQ_VM_DEAD = 1
+    # v5.11 (until v5.18): (1 | WAIT | NO_WAKEUP), number 1 before KVM_REQ_VM_DEAD took
+    # it; the model's numbers only tell requests apart.
+    KVM_REQ_MMU_RELOAD = 2
     KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = 31  # KVM_ARCH_REQ_FLAGS(31, WAIT | NO_WAKEUP)
 
     def __str__(self) -> str:
@@ -35,6 +38,7 @@ class Request(IntEnum):
 
 
 KVM_REQ_VM_DEAD = Request.KVM_REQ_VM_DEAD
+KVM_REQ_MMU_RELOAD = Request.KVM_REQ_MMU_RELOAD
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = Request.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
 
 # kvm_mmu_free_roots() masks
@@ -85,6 +89,7 @@ class kvm_mmu_page(Struct):
     spt = Field((SHADOW_NONPRESENT_VALUE,) * SPTE_ENT_PER_PAGE)
     tdp_mmu_page = Field(True)
     tdp_mmu_root_count = Embedded(refcount_t)
+    root_count = Field(0)  # ..v5.12: an int changed under mmu_lock (shadow pages too)
     tdp_mmu_scheduled_root_to_zap = Field(False)  # v6.6+ (0df9dab891ff)
     # v5.18..v6.5: the root's work item on tdp_mmu_zap_wq, and its kvm (efd995dae5eb)
     tdp_mmu_async_work = Embedded(work_struct)

@@ -153,6 +153,10 @@ class TdpMmu:
 
     max_gfn = 2
 
+    def tdp_mmu_root_refs(self, root: kvm_mmu_page) -> int:
+        """Ghost, for reports: the references a root holds (v5.11 counts in an int)."""
+        return int(root.tdp_mmu_root_count.refs)
+
     def kvm_tdp_mmu_get_root(self, root: kvm_mmu_page) -> Generator[Op, int, bool]:
         return (yield from refcount_inc_not_zero(root.tdp_mmu_root_count))
 

@@ -40,10 +40,8 @@ class X86(Mmu):
     def vcpu_enter_guest(self, vcpu: kvm_vcpu, gfn: int | None) -> Generator[Op, int, int]:
         """One trip into the guest; the guest exits on an EPT violation at ``gfn``."""
         if (yield from kvm_request_pending(vcpu)):
-            if (yield from kvm_check_request(KVM_REQ_VM_DEAD, vcpu)):
+            if (yield from self.vcpu_enter_guest_requests(vcpu)):
                 return -EIO
-            if (yield from kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu)):
-                yield from self.kvm_mmu_free_obsolete_roots(vcpu)
         yield from self.kvm_mmu_reload(vcpu)
         # smp_store_release(&vcpu->mode, IN_GUEST_MODE) + full barrier, then recheck:
         # a request made before this store is seen below, one made after it kicks us.
@@ -60,6 +58,16 @@ class X86(Mmu):
         if gfn is not None:
             yield from self.kvm_tdp_mmu_page_fault(vcpu, gfn)
         return 1
+
+    @inline
+    def vcpu_enter_guest_requests(self, vcpu: kvm_vcpu) -> Generator[Op, int, bool]:
+        """The requests vcpu_enter_guest() services that the model has; True: the VM is
+        dead, return -EIO (v5.11 services KVM_REQ_MMU_RELOAD instead, versions/)."""
+        if (yield from kvm_check_request(KVM_REQ_VM_DEAD, vcpu)):
+            return True
+        if (yield from kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu)):
+            yield from self.kvm_mmu_free_obsolete_roots(vcpu)
+        return False
 
     @inline
     def check_guest_entry(self, vcpu: kvm_vcpu) -> None:
@@ -241,6 +249,11 @@ class Kernel(X86):
 
     NAME = "v6.9"
     COMMIT = "576a15de8d29 (the series' last patch, merged for v6.9)"
+    # A historical protocol kept for the regression corpus (docs/corpus.md). It replaces
+    # much of the code the other kernels' mutants change, so only its own mutants run on
+    # it (``Mutant.runs_on``); the test matrices run it at one vCPU (and vcpu-load at
+    # two), bench/verify_matrix.py at two.
+    CORPUS_ERA = False
 
     # The kernel object sits in every thread's frames (``self``): hash it by what it
     # is, so that fingerprints agree between two programs built for the same kernel.

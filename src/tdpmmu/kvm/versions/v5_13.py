@@ -65,6 +65,7 @@ class V5_13(V6_8):
     applied (see the module docstring)."""
 
     NAME = "v5.13"
+    CORPUS_ERA = True
     COMMIT = ("v5.13 (c0e64238ac53..2bdb3d84cebc, b7cccd397f31, 4c6654bd160d), "
               "with 7533377215b6, 04dc4e6ce274, d62007edf01f and a955cad84cda applied")
     ROOT_INITIAL_REFS = 1  # the vCPU's; the TDP MMU holds none until edbdb43fc96b (v6.4)

@@ -380,13 +380,16 @@ class TdpMmu:
             yield from self._tdp_mmu_zap_root(kvm, root, shared, min(level or root_level, root_level))
         yield from rcu_read_unlock()
 
-    def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int) -> Steps:
-        """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes)."""
+    def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int,
+                          can_yield: bool = True) -> Steps:
+        """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes).
+        ``can_yield=False`` is v5.16's zap_gfn_range() from a root's final put."""
         end = self.tdp_mmu_max_gfn_exclusive()
         it = tdp_iter_start(root, zap_level, 0)
         while tdp_iter_valid(it, end):
             # retry:
-            it = yield from self.tdp_mmu_iter_cond_resched(kvm, it, False, shared)
+            if can_yield:
+                it = yield from self.tdp_mmu_iter_cond_resched(kvm, it, False, shared)
             if it.yielded or not is_shadow_present_pte(it.old_spte) or it.level > zap_level:
                 it = tdp_iter_next(it)
                 continue

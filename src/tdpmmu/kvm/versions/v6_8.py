@@ -81,7 +81,7 @@ class V6_8(V6_8_P6):
 
     NAME = "v6.8"
     COMMIT = "v6.8 (before 8ca983631f3c..576a15de8d29)"
-    ZAP_ROOT_LEVELS = (PG_LEVEL_1G, 0)
+    ZAP_ROOT_LEVELS: tuple[int, ...] = (PG_LEVEL_1G, 0)
 
     def mmu_alloc_direct_roots(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
         kvm = vcpu.kvm

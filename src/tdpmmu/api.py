@@ -60,7 +60,7 @@ class Config:
         if self.mutant is not None:
             _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
             base = MUTANTS[self.mutant].kernel
-            if not issubclass(KERNELS[self.kernel], KERNELS[base]):
+            if not MUTANTS[self.mutant].runs_on(self.kernel):
                 raise BadInput(f"mutant {self.mutant} changes code of {base}, which kernel "
                                f"{self.kernel} does not run: use --kernel {base}")
         if not 1 <= self.vcpus <= 8:

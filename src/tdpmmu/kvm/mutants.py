@@ -19,7 +19,7 @@ from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
 from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
 from tdpmmu.kvm.tdp_iter import TdpIter
 from tdpmmu.kvm.tdp_mmu import TdpMmu, kvm_mmu_page_as_id
-from tdpmmu.kvm.versions import V6_9_LocklessAging
+from tdpmmu.kvm.versions import KERNELS, V6_9_LocklessAging
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -83,9 +83,11 @@ class InvalidateUnderReadLock(Base):
 
 
 class NotifierSkipsInvalidRoots(Base):
-    """B04: the mmu_notifier unmap walks valid roots only, as before d62007edf01f: an
-    invalid root whose zapper has yielded keeps mapping the range after the unmap
-    returns, and the mm frees the pages under it."""
+    """B04: the mmu_notifier unmap walks valid roots only, as before d62007edf01f (v5.16:
+    ``for_each_tdp_mmu_root_yield_safe`` got no reference to invalid roots): an invalid
+    root whose zapper has yielded keeps mapping the range after the unmap returns, and
+    the mm frees the pages under it. Its kernel is v5.16.19 (the fix backported to v5.16);
+    v6.9's unmap picks its roots the same way, so it is caught there too."""
 
     UNMAP_ONLY_VALID = True
 
@@ -182,6 +184,11 @@ class Mutant:
     # (with `expect`), e.g. put-before-zap on the async-worker era.
     caught_on: tuple[str, ...] = ()
 
+    def runs_on(self, kernel: str) -> bool:
+        """``kernel`` has the code the mutant changes: it is (a subclass of) the mutant's
+        kernel or of a kernel in ``caught_on``."""
+        return any(issubclass(KERNELS[kernel], KERNELS[k]) for k in (self.kernel, *self.caught_on))
+
     def harmless_on(self, kernel: str) -> bool:
         return bool(self.harmless) and kernel not in self.caught_on
 
@@ -208,7 +215,7 @@ MUTANTS: dict[str, Mutant] = {
                "memslot-delete", "M3"),
         Mutant("notifier-skips-invalid-roots", NotifierSkipsInvalidRoots,
                frozenset({"notifier-incomplete", "use-after-free"}), "stress", "B04 d62007edf01f",
-               vcpus=1),
+               vcpus=1, kernel="v5.16.19", caught_on=("v6.9",)),
         Mutant("put-before-zap", PutBeforeZap,
                frozenset({"notifier-incomplete", "use-after-free", "WARNING"}),
                "stress", "the order kvm_tdp_mmu_zap_invalidated_roots() documents (B04's second mutation)",

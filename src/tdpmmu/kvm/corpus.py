@@ -7,14 +7,16 @@ count as catching it. Bugs the model cannot express yet are rows without a mutan
 with a ``why_not``. ``run_corpus`` checks every expressible row, and the same scenario on
 the row's *unmutated* kernel (which must pass: a violation there is a false positive).
 
-Almost everything here is applied to the v6.9 base model: those mutations are
-expressible there, including the older bugs, because the code they broke is still in v6.9
-(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Some
-rows run on a kernel class of their own (``versions/``), whose code the mutation
-breaks: B02's next-root-no-rcu and B03 on ``v5.13`` (the RCU root list's first release),
-B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B13 on ``v6.14`` (TDX mirror
-roots) and B15 on ``v6.9+lockless-aging``. B02's other three mutants stay on v6.9: on
-v5.13 nothing they break is reachable (docs/corpus.md, "The v5.13 kernel").
+Each row runs on the kernel of its bug's era (``versions/``), so that the mutation is
+an override of the code the bug lived in: B01 on ``v5.11`` (a spinlock, a plain root
+list, an int root count), B02's next-root-no-rcu and B03 on ``v5.13`` (the RCU root
+list's first release), B04 and B05 on ``v5.16.19`` (one reference per root, before the
+async workers), B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B11 on ``v6.8`` (the
+synchronous zap of v6.6..v6.8), B13 on ``v6.14`` (TDX mirror roots), B15 on
+``v6.9+lockless-aging``; the series' own questions (M1..M8) on ``v6.9``. A mutation
+whose code is unchanged in v6.9 is claimed there too (``Mutant.caught_on``). B02's other
+three mutants stay on v6.9: on v5.13 nothing they break is reachable (docs/corpus.md,
+"The v5.13 kernel").
 
 This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
@@ -201,8 +203,9 @@ class PutRootNoPagesLock(Base):
 class NoStaleRootCheck(Base):
     """B05: the TDP page fault does not retry when the vCPU's root was invalidated
     (``is_page_fault_stale()`` without the ``is_obsolete_sp()`` check added by
-    a955cad84cda): a fault installs an SPTE in an invalid root, possibly after the fast
-    zap has passed it."""
+    a955cad84cda, v5.16, nor 18c841e1f411's pending-request check): a fault installs an
+    SPTE in an invalid root, possibly after the fast zap has passed it. Its kernel is
+    v5.16.19, whose fault path v6.9 keeps: caught there too."""
 
     def is_page_fault_stale(self, vcpu: kvm_vcpu, fault: kvm_page_fault) -> bool:
         return self.mmu_invalidate_retry_gfn(vcpu.kvm, fault.mmu_seq, fault.gfn)
@@ -553,8 +556,9 @@ CORPUS_MUTANTS: dict[str, Mutant] = {
            "double-memslot-delete", "B02 c0e64238ac53 (without CONFIG_PROVE_RCU)"),
         _m("put-root-no-pages-lock", PutRootNoPagesLock, {"leak", "WARNING", "use-after-free"},
            "memslot-delete", "B02 2bdb3d84cebc"),
-        _m("no-stale-root-check", NoStaleRootCheck, {"spte-in-invalid-root", "fast-zap-incomplete"},
-           "memslot-delete", "B05 a955cad84cda"),
+        Mutant("no-stale-root-check", NoStaleRootCheck,
+               frozenset({"spte-in-invalid-root", "fast-zap-incomplete"}), "memslot-delete",
+               "B05 a955cad84cda", kernel="v5.16.19", caught_on=("v6.9",)),
         _m("reflag-invalid-roots", ReflagInvalidRoots, UAF,
            "double-memslot-delete", "B06 614f6970aa70 (today's form of it)"),
         _m("free-obsolete-current-only", FreeObsoleteCurrentOnly, {"obsolete-root-kept"},
@@ -623,10 +627,10 @@ CORPUS: list[CorpusRow] = [
     CorpusRow("B03", "notifier-no-root-refs", MUTANTS["notifier-no-root-refs"], "v5.13",
               "7533377215b6", "KVM: x86/mmu: Use yield-safe TDP MMU root iter in MMU notifier unmapping",
               "whoever drops mmu_lock while positioned on a root holds a reference to it"),
-    CorpusRow("B04", "notifier-skips-invalid-roots", MUTANTS["notifier-skips-invalid-roots"], "v6.9",
+    CorpusRow("B04", "notifier-skips-invalid-roots", MUTANTS["notifier-skips-invalid-roots"], "v5.16.19",
               "d62007edf01f", "KVM: x86/mmu: Zap _all_ roots when unmapping gfn range in TDP MMU",
               "when an mmu_notifier invalidation returns, no root (valid or invalid) maps the range"),
-    CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"], "v6.9",
+    CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"], "v5.16.19",
               "a955cad84cda", "KVM: x86/mmu: Retry page fault if root is invalidated by memslot update",
               "no SPTE is created in an invalid root (fast-zap completeness)"),
     CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"], "v6.9",

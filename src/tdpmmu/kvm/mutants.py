@@ -83,9 +83,11 @@ class InvalidateUnderReadLock(Base):
 
 
 class NotifierSkipsInvalidRoots(Base):
-    """B04: the mmu_notifier unmap walks valid roots only, as before d62007edf01f: an
-    invalid root whose zapper has yielded keeps mapping the range after the unmap
-    returns, and the mm frees the pages under it."""
+    """B04: the mmu_notifier unmap walks valid roots only, as before d62007edf01f (v5.16:
+    ``for_each_tdp_mmu_root_yield_safe`` got no reference to invalid roots): an invalid
+    root whose zapper has yielded keeps mapping the range after the unmap returns, and
+    the mm frees the pages under it. Its kernel is v5.16.19 (the fix backported to v5.16);
+    v6.9's unmap picks its roots the same way, so it is caught there too."""
 
     UNMAP_ONLY_VALID = True
 
@@ -219,7 +221,7 @@ MUTANTS: dict[str, Mutant] = {
                "memslot-delete", "M3"),
         Mutant("notifier-skips-invalid-roots", NotifierSkipsInvalidRoots,
                frozenset({"notifier-incomplete", "use-after-free"}), "stress", "B04 d62007edf01f",
-               vcpus=1),
+               vcpus=1, kernel="v5.16.19", caught_on=("v6.9",)),
         Mutant("put-before-zap", PutBeforeZap,
                frozenset({"notifier-incomplete", "use-after-free", "WARNING"}),
                "stress", "the order kvm_tdp_mmu_zap_invalidated_roots() documents (B04's second mutation)",

@@ -393,8 +393,8 @@ class TdpMmu:
     def _tdp_mmu_zap_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool, zap_level: int,
                           can_yield: bool = True) -> Steps:
         """``__tdp_mmu_zap_root`` (renamed: Python mangles "__" names in classes).
-        ``can_yield=False``: v5.13's zap_gfn_range() from the final put, which may not
-        drop mmu_lock (versions/v5_13.py)."""
+        ``can_yield=False``: zap_gfn_range() from a root's final put in v5.13 and v5.16,
+        which may not drop mmu_lock (versions/v5_13.py, v5_16.py)."""
         end = self.tdp_mmu_max_gfn_exclusive()
         it = tdp_iter_start(root, zap_level, 0)
         while tdp_iter_valid(it, end):

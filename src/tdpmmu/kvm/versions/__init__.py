@@ -7,12 +7,15 @@ they never shipped, but the seed mail's question is about patch 7 alone. "v5.13"
 (the RCU root list, one reference per vCPU, the final put zapping inline). "v6.1" is the
 async-worker era (v5.18..v6.5): roots are zapped by work items on a per-VM workqueue.
 "v5.11" is the TDP MMU's first era: a spinlock, a plain list and an int root count.
+"v5.16.19" is v5.16 with B04's fix backported: one reference per root, the final put
+zaps, the fast zap holds a reference to each root it invalidated (B04, B05).
 """
 
 from __future__ import annotations
 
 from tdpmmu.kvm.versions.v5_11 import V5_11
 from tdpmmu.kvm.versions.v5_13 import V5_13
+from tdpmmu.kvm.versions.v5_16 import V5_16
 from tdpmmu.kvm.versions.v6_1 import V6_1
 from tdpmmu.kvm.versions.v6_8 import V6_8, V6_8_P6, V6_8_P7
 from tdpmmu.kvm.versions.v6_9_lockless_aging import V6_9_LocklessAging
@@ -20,9 +23,9 @@ from tdpmmu.kvm.versions.v6_14 import V6_14
 from tdpmmu.kvm.x86 import Kernel
 
 KERNELS: dict[str, type[Kernel]] = {
-    k.NAME: k for k in (V5_11, V5_13, V6_1, V6_8, V6_8_P6, V6_8_P7, Kernel, V6_9_LocklessAging, V6_14)
+    k.NAME: k for k in (V5_11, V5_13, V5_16, V6_1, V6_8, V6_8_P6, V6_8_P7, Kernel, V6_9_LocklessAging, V6_14)
 }
 DEFAULT_KERNEL = Kernel.NAME
 
-__all__ = ["DEFAULT_KERNEL", "KERNELS", "V5_11", "V5_13", "V6_1", "V6_8", "V6_8_P6", "V6_8_P7", "V6_14",
-           "V6_9_LocklessAging"]
+__all__ = ["DEFAULT_KERNEL", "KERNELS", "V5_11", "V5_13", "V5_16", "V6_1", "V6_8", "V6_8_P6",
+           "V6_8_P7", "V6_14", "V6_9_LocklessAging"]

@@ -185,8 +185,9 @@ KVM = [("vcpu-load", 1), ("vcpu-load", 2), ("memslot-delete", 1)]
 
 
 def _runs(kernel: str, mutant: str) -> bool:
-    """The kernel has the code the mutant changes (``Config.validate``)."""
-    return issubclass(KERNELS[kernel], KERNELS[MUTANTS[mutant].kernel])
+    """The kernel has the code the mutant changes, or the mutant claims it (``Config.validate``)."""
+    m = MUTANTS[mutant]
+    return issubclass(KERNELS[kernel], KERNELS[m.kernel]) or kernel in m.caught_on
 
 
 # v6.9+lockless-aging is v6.9 but for the aging path, which only the aging scenarios run,

@@ -59,8 +59,10 @@ class Config:
         _pick("search", self.search, SEARCHES)  # type: ignore[arg-type]
         if self.mutant is not None:
             _pick("mutant", self.mutant, MUTANTS)  # type: ignore[arg-type]
-            base = MUTANTS[self.mutant].kernel
-            if not issubclass(KERNELS[self.kernel], KERNELS[base]):
+            m = MUTANTS[self.mutant]
+            base = m.kernel
+            # Its own kernel, one that inherits its code, or one it claims (caught_on).
+            if not issubclass(KERNELS[self.kernel], KERNELS[base]) and self.kernel not in m.caught_on:
                 raise BadInput(f"mutant {self.mutant} changes code of {base}, which kernel "
                                f"{self.kernel} does not run: use --kernel {base}")
         if not 1 <= self.vcpus <= 8:

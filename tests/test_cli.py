@@ -56,7 +56,7 @@ def test_violation_json() -> None:
         assert isinstance(out[key], int) and out[key] > 0
     assert isinstance(out["seconds"], float)
     assert "reason" in out
-    assert sorted(out["expected"]) == ["KVM_BUG_ON", "use-after-free"]
+    assert sorted(out["expected"]) == ["KVM_BUG_ON", "refcount", "use-after-free"]
     v = out["violation"]
     assert v["kind"] in out["expected"]
     assert v["message"] and v["function"] and v["thread"]

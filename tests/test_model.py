@@ -22,8 +22,9 @@ FAST = Limits(shrink_time=0)
 
 # stress at its default two gfns takes ~1 min per kernel at one vCPU: it runs with one
 # gfn in tests/test_page_tables.py, with two in bench/verify_matrix.py.
-@pytest.mark.parametrize("kernel", list(KERNELS))
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "stress"])
+# aging runs v6.1's aging code (under mmu_lock) on v6.5: left to v6.1 there (7 s).
+@pytest.mark.parametrize(("scenario", "kernel"), [
+    (s, k) for s in SCENARIOS if s != "stress" for k in KERNELS if (k, s) != ("v6.5", "aging")])
 def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
     r = check(Config(scenario, kernel, None, 1), FAST)
     assert r.verdict == "pass", r.violation
@@ -37,8 +38,10 @@ def test_kernel_passes_scenario_at_one_vcpu(kernel: str, scenario: str) -> None:
 # they run at one vCPU above and at two in bench/verify_matrix.py, to keep the suite
 # within its 10-minute budget.
 # (v6.9+lockless-aging runs v6.9's code there: only aging differs, tested at one vCPU.)
+# v6.5 runs vcpu-load only: mmu-notifier at two vCPUs takes ~25 s on it, and its
+# notifier path is v6.1's.
 TWO_VCPU_MATRIX = [(k, s) for k in KERNELS if k != "v6.9+lockless-aging"
-                   for s in ("vcpu-load", "mmu-notifier")]
+                   for s in ("vcpu-load", "mmu-notifier") if (k, s) != ("v6.5", "mmu-notifier")]
 
 
 @pytest.mark.slow

@@ -22,9 +22,9 @@ def _both(config: Config) -> tuple[DepthFirst, DepthFirst]:
 
 # vcpu-load runs v6.9's code on v6.9+lockless-aging (only aging differs). At 3 vCPUs the
 # plain search of v6.1 (a zap worker beside the vCPUs) takes ~4 minutes: v6.1 is compared
-# at 2 vCPUs, within the suite's budget.
+# at 2 vCPUs, within the suite's budget; so is v6.5 (the same worker).
 SYMMETRY_RUNS = [(k, v) for k in KERNELS if k != "v6.9+lockless-aging" for v in (2, 3)
-                 if (k, v) != ("v6.1", 3)]
+                 if (k, v) not in {("v6.1", 3), ("v6.5", 3)}]
 
 
 @pytest.mark.parametrize(("kernel", "vcpus"), SYMMETRY_RUNS)

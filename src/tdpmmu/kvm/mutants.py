@@ -204,7 +204,7 @@ MUTANTS: dict[str, Mutant] = {
         Mutant("zap-unscheduled-roots", ZapUnscheduledRoots, frozenset({"KVM_BUG_ON"}),
                "memslot-delete", "Yilun Xu's review question on patch 7/8 (Feb 2024); M8"),
         Mutant("no-recheck", NoRecheck, frozenset({"duplicate-root"}), "vcpu-load", "M1"),
-        Mutant("refcount-one", RefcountOne, frozenset({"KVM_BUG_ON", "use-after-free"}),
+        Mutant("refcount-one", RefcountOne, frozenset({"KVM_BUG_ON", "use-after-free", "refcount"}),
                "vcpu-load", "B10 edbdb43fc96b (before it: one reference per root)",
                kernel="v6.5", caught_on=("v6.9",)),
         Mutant("invalidate-under-read-lock", InvalidateUnderReadLock, frozenset({"spte-in-invalid-root"}),

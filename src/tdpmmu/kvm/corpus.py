@@ -9,15 +9,16 @@ the row's *unmutated* kernel (which must pass: a violation there is a false posi
 
 Almost everything here is applied to the v6.9 base model: those mutations are
 expressible there, including the older bugs, because the code they broke is still in v6.9
-(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). Three
-rows run on a kernel class of their own (``versions.py``), whose code the mutation
-breaks: B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B13 on ``v6.14`` (TDX mirror
-roots) and B15 on ``v6.9+lockless-aging``.
+(B01's ``tdp_mmu_next_root``, B02's RCU walk and pages lock, B11's scheduled flag). The
+others run on a kernel class of their own era (``versions/``), whose code the mutation
+breaks: B07 and B08 on ``v6.1`` (the async-worker era, 5.18..6.5), B06 and B10 on
+``v6.5`` (the same era with the TDP MMU's own root reference, edbdb43fc96b), B13 on
+``v6.14`` (TDX mirror roots) and B15 on ``v6.9+lockless-aging``.
 
 This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
-base model lacks, and ``unload-double-memslot-delete`` (B10's unlocked walk, isolated
-from the fault and guest-entry races the same missing lock also opens).
+base model lacks, and ``unload-double-memslot-delete`` (made for B10's unlocked walk when
+that row ran on v6.9; kept as a scenario, no row uses it now).
 
 Results, traces and what each fix does: docs/corpus.md.
 """

@@ -51,12 +51,12 @@ def test_violation_json() -> None:
     out = json.loads(r.stdout)  # exactly one object, nothing else on stdout
     assert out["verdict"] == "violation"
     run_of = (out["scenario"], out["kernel"], out["mutant"], out["vcpus"])
-    assert run_of == ("vcpu-load", "v6.9", "refcount-one", 2)
+    assert run_of == ("vcpu-load", "v6.5", "refcount-one", 2)  # the mutant's kernel
     for key in ("states", "executions", "transitions", "max_depth"):
         assert isinstance(out[key], int) and out[key] > 0
     assert isinstance(out["seconds"], float)
     assert "reason" in out
-    assert sorted(out["expected"]) == ["KVM_BUG_ON", "use-after-free"]
+    assert sorted(out["expected"]) == ["KVM_BUG_ON", "refcount", "use-after-free"]
     v = out["violation"]
     assert v["kind"] in out["expected"]
     assert v["message"] and v["function"] and v["thread"]
@@ -87,7 +87,7 @@ def test_violation_text_reads_like_a_splat() -> None:
     assert any(line.startswith("Interleaving (") for line in lines)
     assert "/* 1 -> 0: last reference */" in r.stdout
     assert lines[-2].startswith("schedule: ")
-    assert lines[-1].startswith("replay:   tdpmmu replay vcpu-load --kernel v6.9 --mutant refcount-one ")
+    assert lines[-1].startswith("replay:   tdpmmu replay vcpu-load --kernel v6.5 --mutant refcount-one ")
     assert all(len(line) <= 100 for line in lines if not line.startswith(("schedule:", "replay:")))
 
 
@@ -212,7 +212,7 @@ def test_list() -> None:
     assert [k["name"] for k in out["kernels"] if k["default"]] == ["v6.9"]
     mutant = next(m for m in out["mutants"] if m["name"] == "refcount-one")
     assert mutant["scenario"] == "vcpu-load" and "KVM_BUG_ON" in mutant["expected"] and mutant["summary"]
-    assert mutant["kernel"] == "v6.9" and mutant["caught_on"] == ["v6.9"]
+    assert mutant["kernel"] == "v6.5" and mutant["caught_on"] == ["v6.5", "v6.9"]
     # A mutant harmless on one kernel and caught on another says both.
     pbz = next(m for m in out["mutants"] if m["name"] == "put-before-zap")
     assert pbz["harmless"] and pbz["kernel"] == "v6.9" and pbz["caught_on"] == ["v6.1"]

@@ -11,7 +11,8 @@ Each row runs on the kernel of its bug's era (``versions/``), so that the mutati
 an override of the code the bug lived in: B01 on ``v5.11`` (a spinlock, a plain root
 list, an int root count), B02's next-root-no-rcu and B03 on ``v5.13`` (the RCU root
 list's first release), B04 and B05 on ``v5.16.19`` (one reference per root, before the
-async workers), B07 on ``v6.1`` (the async-worker era, 5.18..6.5), B11 on ``v6.8`` (the
+async workers), B07 and B08 on ``v6.1`` (the async-worker era, 5.18..6.5), B06 and B10 on
+``v6.5`` (the same era with the TDP MMU's own root reference, edbdb43fc96b), B11 on ``v6.8`` (the
 synchronous zap of v6.6..v6.8), B13 on ``v6.14`` (TDX mirror roots), B15 on
 ``v6.9+lockless-aging``; the series' own questions (M1..M8) on ``v6.9``. A mutation
 whose code is unchanged in v6.9 is claimed there too (``Mutant.caught_on``). B02's other
@@ -20,8 +21,8 @@ three mutants stay on v6.9: on v5.13 nothing they break is reachable (docs/corpu
 
 This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
-base model lacks, and ``unload-double-memslot-delete`` (B10's unlocked walk, isolated
-from the fault and guest-entry races the same missing lock also opens).
+base model lacks, and ``unload-double-memslot-delete`` (made for B10's unlocked walk when
+that row ran on v6.9; kept as a scenario, no row uses it now).
 
 Results, traces and what each fix does: docs/corpus.md.
 """
@@ -31,14 +32,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from tdpmmu.explore.execution import Schedule, TraceStep
 from tdpmmu.explore.program import ThreadSpec
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.bug import KVM_BUG_ON
-from tdpmmu.kernel.lockdep import lockdep_assert_held, lockdep_assert_held_write
+from tdpmmu.kernel.lockdep import lockdep_assert_held
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
     list_first_or_null_unchecked,
@@ -67,7 +68,7 @@ from tdpmmu.kvm.structs import (
     kvm_vcpu,
 )
 from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id
-from tdpmmu.kvm.versions import KERNELS, V5_11
+from tdpmmu.kvm.versions import KERNELS, V5_11, V6_5
 from tdpmmu.kvm.x86 import Kernel
 
 Steps = Generator[Op, int, None]
@@ -77,8 +78,9 @@ Steps = Generator[Op, int, None]
 if TYPE_CHECKING:
     Base = Kernel
     V5_11Base = V5_11  # the mutants of v5.11's code
+    Base65 = V6_5  # the mutants of v6.5's code (the async worker with the TDP MMU's reference)
 else:
-    Base = V5_11Base = object
+    Base = V5_11Base = Base65 = object
 
 
 # =====================================================================================
@@ -105,17 +107,19 @@ def list_del_rcu_unserialized(entry: list_head) -> Steps:
 
 @inline
 @primitive
-def list_next_plain(head: list_head, pos: list_head) -> Generator[Op, int, list_head]:
-    """One step of a plain ``list_for_each_entry``: ``pos = pos->next``. Without a lock
-    excluding the mutators, each dereference is its own step."""
+def list_next_plain(head: list_head, pos: list_head) -> Generator[Op, int, list_head | None]:
+    """One step of a plain ``list_for_each_entry``: ``pos = pos->next`` (None at the
+    head). Without a lock excluding the mutators, or RCU keeping the entries alive,
+    each dereference is its own step."""
     yield Op("list_for_each_entry", "tdp_mmu_roots.next" if pos == head else f"{pos.container()!r}.link.next")
     nxt: list_head = pos.next
-    return nxt
+    return None if nxt == head else nxt
 
 
-def _root(pos: list_head) -> kvm_mmu_page:
-    """``list_entry(pos, struct kvm_mmu_page, link)``."""
-    return cast(kvm_mmu_page, pos.container())
+@inline
+def list_first_plain(head: list_head) -> Generator[Op, int, list_head | None]:
+    """The first step of a plain ``list_for_each_entry``: ``head->next``."""
+    return (yield from list_next_plain(head, head))
 
 
 # =====================================================================================
@@ -211,16 +215,20 @@ class NoStaleRootCheck(Base):
         return self.mmu_invalidate_retry_gfn(vcpu.kvm, fault.mmu_seq, fault.gfn)
 
 
-class ReflagInvalidRoots(Base):
-    """B06: ``kvm_tdp_mmu_invalidate_all_roots()`` schedules every root, including roots
-    an earlier fast zap already invalidated (and whose list reference it already put):
-    the list reference is put twice."""
+class ReflagInvalidRoots(Base65):
+    """B06: ``kvm_tdp_mmu_invalidate_all_roots()`` (``v6.5``) schedules every root,
+    including roots an earlier fast zap already invalidated and scheduled: a second work
+    item is gifted the TDP MMU's reference, which the first one already put, and the
+    reference is put twice. (614f6970aa70's own bug, readers taking references to
+    invalid roots, needs a read-side root walk the model does not have: docs/corpus.md.)"""
 
     @inline
-    def tdp_mmu_invalidate_root(self, kvm: Kvm, root: kvm_mmu_page) -> None:
+    def tdp_mmu_invalidate_and_schedule(self, kvm: Kvm, root: kvm_mmu_page) -> Steps:
         # The mutation: no `if (!root->role.invalid)`.
-        root.role.invalid = False
-        super().tdp_mmu_invalidate_root(kvm, root)
+        self.fast_zap_visits(root)
+        self.tdp_mmu_set_root_invalid(kvm, root)
+        world().note(f"{root!r} invalid")
+        yield from self.tdp_mmu_schedule_zap_root(kvm, root)
 
 
 class FreeObsoleteCurrentOnly(Base):
@@ -239,37 +247,20 @@ class FreeObsoleteCurrentOnly(Base):
             yield from self.kvm_mmu_free_roots(kvm, mmu, roots_to_free)
 
 
-class InvalidateUnlockedWalk(Base):
-    """B10 (b): ``kvm_tdp_mmu_invalidate_all_roots()`` walks the roots with a plain list
-    walk while no lock keeps a final ``kvm_tdp_mmu_put_root()`` from unlinking and
-    freeing them (the v2 of edbdb43fc96b did so at VM destruction, where the lockdep
-    assertion is waived, while the async zap worker put roots: syzbot's KASAN report).
-    v6.9 has no such worker, so the walk is moved where a final put can run: before
-    kvm_mmu_zap_all_fast() takes mmu_lock, on a kernel without CONFIG_PROVE_LOCKING
-    (whose assertion would flag the move at once; at destruction it is waived anyway).
-    A vCPU freeing its roots under the read lock (576a15de8d29) is the final put."""
-
-    CONFIG_PROVE_LOCKING = False
-
-    def kvm_mmu_zap_all_fast(self, kvm: Kvm) -> Steps:
-        lockdep_assert_held(kvm.slots_lock)
-        yield from self.kvm_tdp_mmu_invalidate_all_roots(kvm)  # the mutation: before write_lock
-        yield from write_lock(kvm.mmu_lock)
-        kvm.arch.mmu_valid_gen = 0 if kvm.arch.mmu_valid_gen else 1
-        yield from self.kvm_request_free_obsolete_roots(kvm)
-        yield from write_unlock(kvm.mmu_lock)
-        yield from self.kvm_tdp_mmu_zap_invalidated_roots(kvm)
+class InvalidateUnlockedWalk(Base65):
+    """B10 (b): ``kvm_tdp_mmu_invalidate_all_roots()`` walks the roots with a plain
+    ``list_for_each_entry()`` outside any RCU read-side section, as the v2 of
+    edbdb43fc96b did (``v6.5`` walks with ``list_for_each_entry_rcu()`` under
+    ``rcu_read_lock()``, v3's fix). At VM destruction no mmu_lock is held (the lockdep
+    assertion is waived), and the work item the walk has just queued, gifted the TDP
+    MMU's reference, zaps the root and puts that last reference: the root is unlinked
+    and freed under the walker, which then reads its ``link.next`` (syzbot's KASAN
+    slab-use-after-free in kvm_tdp_mmu_invalidate_all_roots)."""
 
     def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
-        if self.CONFIG_PROVE_LOCKING and kvm.users_count and kvm.created_vcpus:
-            lockdep_assert_held_write(kvm.mmu_lock)
-        # The mutation: with no lock excluding the list mutators, each dereference of
-        # the plain walk is a step of its own.
-        head = kvm.arch.tdp_mmu_roots
-        pos = yield from list_next_plain(head, head)
-        while pos != head:
-            self.tdp_mmu_invalidate_root(kvm, _root(pos))
-            pos = yield from list_next_plain(head, pos)
+        self.tdp_mmu_invalidate_lockdep(kvm)
+        # The mutation: no rcu_read_lock(), and plain list reads.
+        yield from self.tdp_mmu_invalidate_roots_walk(kvm, list_first_plain, list_next_plain)
 
 
 class ZapInvalidatedAsIdFilter(Base):
@@ -560,11 +551,11 @@ CORPUS_MUTANTS: dict[str, Mutant] = {
                frozenset({"spte-in-invalid-root", "fast-zap-incomplete"}), "memslot-delete",
                "B05 a955cad84cda", kernel="v5.16.19", caught_on=("v6.9",)),
         _m("reflag-invalid-roots", ReflagInvalidRoots, UAF,
-           "double-memslot-delete", "B06 614f6970aa70 (today's form of it)"),
+           "double-memslot-delete", "B06 614f6970aa70 (the re-flag form of it)", kernel="v6.5"),
         _m("free-obsolete-current-only", FreeObsoleteCurrentOnly, {"obsolete-root-kept"},
-           "nested-pgd-switch", "B08 cf4a8693d97a"),
+           "nested-pgd-switch", "B08 cf4a8693d97a", kernel="v6.1"),
         _m("invalidate-unlocked-walk", InvalidateUnlockedWalk, {"use-after-free"},
-           "unload-double-memslot-delete", "B10 edbdb43fc96b (v2, syzbot KASAN report)"),
+           "vcpu-load", "B10 edbdb43fc96b (v2, syzbot KASAN report)", kernel="v6.5"),
         _m("zap-invalidated-as-id-filter", ZapInvalidatedAsIdFilter,
            {"fast-zap-incomplete", "WARNING", "leak"},
            "smm", "B11 441a5dfcd968", kernel="v6.8", caught_on=("v6.9",)),
@@ -633,7 +624,7 @@ CORPUS: list[CorpusRow] = [
     CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"], "v5.16.19",
               "a955cad84cda", "KVM: x86/mmu: Retry page fault if root is invalidated by memslot update",
               "no SPTE is created in an invalid root (fast-zap completeness)"),
-    CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"], "v6.9",
+    CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"], "v6.5",
               "614f6970aa70", "KVM: x86/mmu: do not allow readers to acquire references to invalid roots",
               "the list reference of a root is put exactly once (no refcount underflow / UAF)"),
     CorpusRow("B07", "zap-worker-double-put", MUTANTS["zap-worker-double-put"], "v6.1",
@@ -651,13 +642,13 @@ CORPUS: list[CorpusRow] = [
               "assumption Hyper-V's enlightened flush broke. Catching it needs per-vCPU TLB entries "
               "tagged by root that outlive a switch, kvm_flush_remote_tlbs() and the L0's "
               "per-address-space flush; the defunct-root zap itself is modeled (v6.1)"),
-    CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"], "v6.9",
+    CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"], "v6.1",
               "cf4a8693d97a", "KVM: x86/mmu: Check every prev_roots in __kvm_mmu_free_obsolete_roots()",
               "after FREE_OBSOLETE_ROOTS is serviced the vCPU holds no reference to an obsolete root"),
-    CorpusRow("B10", "refcount-one", MUTANTS["refcount-one"], "v6.9",
+    CorpusRow("B10", "refcount-one", MUTANTS["refcount-one"], "v6.5",
               "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly invalidated",
               "count == 0 => invalid: the TDP MMU's own reference keeps every valid root alive"),
-    CorpusRow("B10", "invalidate-unlocked-walk", _C["invalidate-unlocked-walk"], "v6.9",
+    CorpusRow("B10", "invalidate-unlocked-walk", _C["invalidate-unlocked-walk"], "v6.5",
               "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly "
               "invalidated (v2 -> v3: walk the roots safely at destruction)",
               "plain list walks run only where no list mutator can (no use-after-free)"),

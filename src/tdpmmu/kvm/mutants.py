@@ -61,7 +61,9 @@ class NoRecheck(Base):
 
 class RefcountOne(Base):
     """refcount_set(&root->tdp_mmu_root_count, 1): the TDP MMU holds no reference of its
-    own (the pre-6.4 scheme, B10's mutation), so a vCPU unloading a valid root frees it."""
+    own (the pre-6.4 scheme, B10's mutation), so a vCPU unloading a valid root puts its
+    last reference: edbdb43fc96b's KVM_BUG_ON in kvm_tdp_mmu_put_root() (v6.5, and v6.9,
+    which kept the scheme), where v6.1 instead made the root defunct and zapped it."""
 
     ROOT_INITIAL_REFS = 1
 
@@ -215,8 +217,9 @@ MUTANTS: dict[str, Mutant] = {
         Mutant("zap-unscheduled-roots", ZapUnscheduledRoots, frozenset({"KVM_BUG_ON"}),
                "memslot-delete", "Yilun Xu's review question on patch 7/8 (Feb 2024); M8"),
         Mutant("no-recheck", NoRecheck, frozenset({"duplicate-root"}), "vcpu-load", "M1"),
-        Mutant("refcount-one", RefcountOne, frozenset({"KVM_BUG_ON", "use-after-free"}),
-               "vcpu-load", "B10 edbdb43fc96b (before it: one reference per root)"),
+        Mutant("refcount-one", RefcountOne, frozenset({"KVM_BUG_ON", "use-after-free", "refcount"}),
+               "vcpu-load", "B10 edbdb43fc96b (before it: one reference per root)",
+               kernel="v6.5", caught_on=("v6.9",)),
         Mutant("invalidate-under-read-lock", InvalidateUnderReadLock, frozenset({"spte-in-invalid-root"}),
                "memslot-delete", "M3"),
         Mutant("notifier-skips-invalid-roots", NotifierSkipsInvalidRoots,

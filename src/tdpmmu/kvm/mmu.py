@@ -13,6 +13,7 @@ from tdpmmu.kernel.memory import set_item
 from tdpmmu.kernel.page import get_user_page, page, put_page
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
+from tdpmmu.kernel.tlb import hyperv_flush_guest_mapping, tlb_flush_asid
 from tdpmmu.kvm.structs import (
     INVALID_PAGE,
     KVM_MMU_NUM_PREV_ROOTS,
@@ -65,9 +66,37 @@ class Mmu(TdpMmu):
     def kvm_mmu_load(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
         # Memory caches are topped up without locks; special roots are for shadow MMUs.
         r = yield from self.mmu_alloc_direct_roots(vcpu)
-        # kvm_mmu_load_pgd() and the local TLB flush on every new root: the reason
-        # zapping an invalid root needs no remote flush.
+        # kvm_mmu_load_pgd(), then the local TLB flush on every new root: "the
+        # provenance of the root is unknown ... Flushing on alloc also allows KVM to skip
+        # the TLB flush when freeing a root" (db01416b22d9); the reason zapping an
+        # invalid or defunct root needs no remote flush.
+        self.kvm_x86_flush_tlb_current(vcpu)
         return r
+
+    # -- the vendor TLB flushes (svm.c), where TLBs are modeled (kernel/tlb.py) -----------
+    @inline
+    def kvm_x86_flush_tlb_current(self, vcpu: kvm_vcpu) -> None:
+        """``svm_flush_tlb_current()`` since e5c972c1fada "KVM: SVM: Flush Hyper-V TLB
+        when required" (v6.3, Cc stable 5.17+): under EnlightenedNptTlb the ASID flush
+        leaves the translations the L0 derived from the NPT, so the loaded root's are
+        flushed by hypercall first."""
+        if vcpu.arch.tlb is None:
+            return
+        root = vcpu.arch.mmu.root.hpa
+        if self.svm_hv_is_enlightened_tlb_enabled(vcpu) and VALID_PAGE(root):
+            assert root is not None
+            hyperv_flush_guest_mapping((v.arch.tlb for v in vcpu.kvm.vcpus), root.frame)
+        self.svm_flush_tlb_asid(vcpu)
+
+    @inline
+    def svm_flush_tlb_asid(self, vcpu: kvm_vcpu) -> None:
+        """``TLB_CONTROL_FLUSH_ASID``: the vCPU's guest-physical translations too, unless
+        EnlightenedNptTlb limits it to guest-virtual ones (none in the model)."""
+        if not self.svm_hv_is_enlightened_tlb_enabled(vcpu):
+            tlb_flush_asid(vcpu.arch.tlb)
+
+    def svm_hv_is_enlightened_tlb_enabled(self, vcpu: kvm_vcpu) -> bool:
+        return bool(vcpu.kvm.arch.hv_enlightened_npt_tlb)
 
     def mmu_alloc_direct_roots(self, vcpu: kvm_vcpu) -> Generator[Op, int, int]:
         return (yield from self.kvm_tdp_mmu_alloc_root(vcpu))

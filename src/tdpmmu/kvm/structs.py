@@ -97,6 +97,10 @@ class kvm_mmu_page(Struct):
     link = Embedded(list_head)
     # ghost: on tdp_mmu_roots when kvm_tdp_mmu_invalidate_all_roots() walked it
     fast_zapped = Field(False)
+    # ghost: a root's page frame (the number behind __pa(root->spt), its nCR3/EPTP), the
+    # TLB's tag; a freed root's frame goes to the next root. Set only where TLBs are
+    # modeled (kernel/tlb.py), else None.
+    frame = Field(None)
 
 
 class kvm_page_fault(NamedTuple):
@@ -123,6 +127,7 @@ class kvm_mmu(Struct):
 
 class kvm_vcpu_arch(Struct):
     root_mmu = Embedded(kvm_mmu)
+    tlb = Field(None)  # ghost: the vCPU's TLB (kernel/tlb.py); None: TLBs not modeled
 
     @property
     def mmu(self) -> kvm_mmu:
@@ -147,6 +152,10 @@ class kvm_arch(Struct):
     mmu_valid_gen = Field(0)
     vm_type = Field(0)  # KVM_X86_DEFAULT_VM; KVM_X86_TDX_VM has mirrored TDP (v6.14)
     gfn_direct_bits = Field(0)  # TDX: the GPA shared bit, as a gfn bit (3fc3f7185112)
+    # SVM under Hyper-V with EnlightenedNptTlb: svm_hv_init_vmcb() sets the bit in every
+    # vCPU's VMCB when the L0 offers HV_X64_NESTED_ENLIGHTENED_TLB (it always does on
+    # AMD); the model keeps it per VM. Only read where TLBs are modeled.
+    hv_enlightened_npt_tlb = Field(False)
 
 
 class kvm(Struct):

@@ -297,12 +297,24 @@ class TdpMmu:
         root = self.tdp_mmu_alloc_sp(vcpu)
         set_name(root, next_name(kvm_mmu_page, "root"))
         self.tdp_mmu_init_sp(root, 0, role.word)
+        self.root_page_frame(vcpu, root)
         # One reference for the vCPU, one for the TDP MMU itself; the latter is put
         # by kvm_tdp_mmu_zap_invalidated_roots() after the root is invalidated.
         yield from refcount_set(root.tdp_mmu_root_count, self.ROOT_INITIAL_REFS)
         return root
 
     ROOT_INITIAL_REFS = 2
+
+    @inline
+    def root_page_frame(self, vcpu: kvm_vcpu, root: kvm_mmu_page) -> None:
+        """Ghost, where TLBs are modeled (kernel/tlb.py): the page under ``root->spt`` is
+        the lowest frame no live root holds, so a freed root's page is the next root's,
+        as the page allocator's per-CPU free lists (last in, first out) tend to make it."""
+        if vcpu.arch.tlb is None:
+            return
+        held = {sp.frame for sp in live_roots() if sp != root}
+        root.frame = min(f for f in range(len(held) + 1) if f not in held)
+        world().note("{!r} at frame {}", root, root.frame)
 
     # -- invalidation and zapping (notes §4) -------------------------------------------
     CONFIG_PROVE_LOCKING = True

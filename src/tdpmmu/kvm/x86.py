@@ -17,6 +17,7 @@ from tdpmmu.kernel.requests import (
 )
 from tdpmmu.kernel.rwlock import write_lock, write_unlock
 from tdpmmu.kernel.spinlock import mutex_lock, mutex_unlock
+from tdpmmu.kernel.tlb import tlb_fill, tlb_lookup
 from tdpmmu.kernel.wait import wait_event
 from tdpmmu.kvm.mmu import Mmu
 from tdpmmu.kvm.structs import (
@@ -52,6 +53,7 @@ class X86(Mmu):
             return 1
         self.check_guest_entry(vcpu)
         vcpu.in_guest = True
+        self.guest_translates(vcpu)
         # ... the guest runs until an exit (an EPT violation, or a kick) ...
         yield from WRITE_ONCE(vcpu, "mode", OUTSIDE_GUEST_MODE)
         vcpu.in_guest = False
@@ -86,6 +88,31 @@ class X86(Mmu):
             f"{vcpu!r} enters the guest on invalid {root!r} with no "
             "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS pending",
         )
+
+    @inline
+    def guest_translates(self, vcpu: kvm_vcpu) -> None:
+        """Where TLBs are modeled (kernel/tlb.py): the guest touches every gfn. A cached
+        translation under the root's frame is used; otherwise the walk of the root's
+        tables is cached, if they map the gfn.
+        Property: no translation is used that was read from another root's tables: that
+        root was freed (frames are unique among live roots), and its frame reused, with
+        no flush between, so the guest reaches memory through freed page tables."""
+        t = vcpu.arch.tlb
+        root: kvm_mmu_page | None = vcpu.arch.mmu.root.hpa
+        if t is None or root is None:
+            return
+        mapped = {gfn for gfn, _sp, _spte in root_leaves(root)}
+        for gfn in range(self.tdp_mmu_max_gfn_exclusive()):
+            cached = tlb_lookup(t, root.frame, gfn)
+            if cached is not None and cached != root:
+                world().report("stale-tlb",
+                               f"{vcpu!r} translates gfn {gfn} through a TLB entry of freed "
+                               f"{cached!r} (frame {root.frame}, now {root!r}'s): no flush "
+                               "dropped it")
+                return
+            if cached is None and gfn in mapped:
+                tlb_fill(t, root.frame, gfn, root)
+                world().note("{!r}: gfn {} cached from {!r} (frame {})", t, gfn, root, root.frame)
 
     def vcpu_run(self, vcpu: kvm_vcpu, gfns: Sequence[int | None], smm: Sequence[int] = ()) -> Steps:
         """The KVM_RUN loop, bounded: one guest entry per entry of ``gfns`` (the gfn its

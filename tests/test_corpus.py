@@ -8,6 +8,7 @@ import pytest
 from tdpmmu.explore.execution import Execution, Schedule
 from tdpmmu.explore.result import Limits
 from tdpmmu.explore.runtime import Violation
+from tdpmmu.explore.search.dpor import Dpor
 from tdpmmu.kvm.corpus import (
     ALL_SCENARIOS,
     CORPUS,
@@ -19,7 +20,8 @@ from tdpmmu.kvm.corpus import (
     row_program,
     run_corpus,
 )
-from tdpmmu.kvm.mutants import MUTANTS
+from tdpmmu.kvm.mutants import MUTANTS, build_kernel
+from tdpmmu.kvm.program import KvmProgram
 from tdpmmu.kvm.versions import KERNELS
 
 # Shrinking (a search for a shortest counterexample) as tdpmmu.api.check does, briefly.
@@ -118,6 +120,16 @@ def test_corpus_ok_flags_misses_and_false_positives(results1: dict[str, CorpusRe
         assert "FALSE POSITIVE" in format_table(results)
     finally:
         some.mutant.kind, some.unmutated.verdict = kind, verdict
+
+
+# -- B07 (b): the TLB model ---------------------------------------------------------------------
+def test_hv_flush_current_asid_only_needs_hyperv() -> None:
+    """The ASID-only flush on load is a bug only under EnlightenedNptTlb: on bare metal the
+    ASID flush drops the freed root's translations (same scenario, TLBs modeled)."""
+    mutant = CORPUS_MUTANTS["hv-flush-current-asid-only"]
+    program = KvmProgram(build_kernel(KERNELS["v6.1"], mutant), ALL_SCENARIOS["root-reuse"], 1)
+    result = Dpor(program, Limits(time_limit=60.0), None, cache=True).run()
+    assert result.verdict == "pass", result.violation
 
 
 # -- two vCPUs --------------------------------------------------------------------------------

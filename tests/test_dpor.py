@@ -191,10 +191,12 @@ def _runs(kernel: str, mutant: str) -> bool:
 
 # v6.9+lockless-aging is v6.9 but for the aging path, which only the aging scenarios run,
 # and the aging mutants change nothing else: both are left out of the other scenarios.
+# Likewise B07 (b)'s mutant changes a TLB flush, and only its scenarios model TLBs.
 # The corpus's era kernels run their own mutants only (Kernel.CORPUS_ERA).
 ROOT_KERNELS = [k for k in KERNELS if k != "v6.9+lockless-aging"]
 CONFIGS = [(s, v, k, m) for s, v in KVM for k in ROOT_KERNELS for m in (None, *MUTANTS)
-           if m is None or (_runs(k, m) and not MUTANTS[m].scenario.startswith("aging"))]
+           if m is None or (_runs(k, m) and not MUTANTS[m].scenario.startswith("aging")
+                            and not MUTANTS[m].scenario.endswith("root-reuse"))]
 # The page-table layer: its scenarios on every kernel, its mutants on v6.9.
 CONFIGS += [*((s, 1, k, None) for s in ("fault-vs-zap", "mmu-notifier") for k in ROOT_KERNELS),
             *(("stress", 1, "v6.9", m) for m in ("notifier-skips-invalid-roots", "notifier-no-root-refs"))]
@@ -205,6 +207,8 @@ CONFIGS += [("aging-unmap", 1, "v6.9", None), ("aging-unmap", 1, "v6.9+lockless-
               for m in ("aging-outside-rcu", "aging-nonatomic-clear"))]
 # v6.14's mirror roots (B13): the TDX-like VM, with and without the mutant.
 CONFIGS += [("tdx-teardown", 1, "v6.14", m) for m in (None, "uninit-zap-shared")]
+# TLBs (B07 (b)): the Hyper-V scenario on v6.1, with and without the mutant.
+CONFIGS += [("hyperv-root-reuse", 1, "v6.1", m) for m in (None, "hv-flush-current-asid-only")]
 
 
 @pytest.mark.parametrize(("scenario", "vcpus", "kernel", "mutant"), CONFIGS,

@@ -19,10 +19,12 @@ whose code is unchanged in v6.9 is claimed there too (``Mutant.caught_on``). B02
 three mutants stay on v6.9: on v5.13 nothing they break is reachable (docs/corpus.md,
 "The v5.13 kernel").
 
-This module also adds two scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
+This module also adds four scenarios (``CORPUS_SCENARIOS``): ``nested-pgd-switch`` (B08
 needs a root cached in ``prev_roots``), with the few mmu.c functions it needs that the
-base model lacks, and ``unload-double-memslot-delete`` (made for B10's unlocked walk when
-that row ran on v6.9; kept as a scenario, no row uses it now).
+base model lacks; ``unload-double-memslot-delete`` (made for B10's unlocked walk when
+that row ran on v6.9; kept as a scenario, no row uses it now); ``root-reuse`` and
+``hyperv-root-reuse`` (B07 (b)), the only ones that model TLBs (``kernel/tlb.py``), on
+bare metal and under Hyper-V's EnlightenedNptTlb.
 
 Results, traces and what each fix does: docs/corpus.md.
 """
@@ -40,6 +42,7 @@ from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op, inline, primitive, world
 from tdpmmu.kernel.bug import KVM_BUG_ON
 from tdpmmu.kernel.lockdep import lockdep_assert_held
+from tdpmmu.kernel.memory import kzalloc
 from tdpmmu.kernel.rculist import (
     LIST_POISON2,
     list_first_or_null_unchecked,
@@ -49,6 +52,7 @@ from tdpmmu.kernel.rculist import (
 from tdpmmu.kernel.refcount import refcount_inc
 from tdpmmu.kernel.requests import kvm_make_all_cpus_request
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
+from tdpmmu.kernel.tlb import tlb
 from tdpmmu.kvm.mutants import MUTANTS, Mutant, build_kernel
 from tdpmmu.kvm.program import KvmProgram
 from tdpmmu.kvm.scenarios import SCENARIOS, Scenario
@@ -359,6 +363,21 @@ class BugOnBeforeScheduledCheck(Base):
         yield from super().zap_invalidated_root(kvm, root)
 
 
+class HvFlushCurrentAsidOnly(Base):
+    """B07 (b): ``svm_flush_tlb_current()`` as it was before e5c972c1fada, the ASID flush
+    alone, as shipped from 5.18 (bb95dfb9e2df, efd995dae5eb) to 6.3. Under Hyper-V's
+    EnlightenedNptTlb that flush leaves the translations the L0 derived from the NPT, so
+    a root allocated at a freed root's frame (nCR3) inherits them: the defunct root's
+    zap and free issued no flush, relying on the one at load."""
+
+    @inline
+    def kvm_x86_flush_tlb_current(self, vcpu: kvm_vcpu) -> None:
+        if vcpu.arch.tlb is None:
+            return
+        # The mutation: no hyperv_flush_guest_mapping(root) first.
+        self.svm_flush_tlb_asid(vcpu)
+
+
 # =====================================================================================
 # The nested-pgd-switch scenario (B08): a TDP root cached in prev_roots.
 #
@@ -506,9 +525,29 @@ def unload_double_memslot_delete(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...
     ]
 
 
+def root_reuse(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...],
+               hyperv: bool = False) -> list[ThreadSpec]:
+    """B07 (b): TLBs modeled (kernel/tlb.py), on bare metal or, ``hyperv``, as L1 under
+    Hyper-V with EnlightenedNptTlb. Each vCPU faults on gfn 0, runs the guest on the
+    mapping (its TLB caches it), resets its MMU context (the unload puts its root: on
+    v6.1 the root is then defunct, zapped and freed by a worker) and runs again on a
+    reloaded root, which may sit at the freed root's frame."""
+    kvm.arch.hv_enlightened_npt_tlb = hyperv
+    for v in vcpus:
+        v.arch.tlb = kzalloc(tlb, name=f"{v!r}.tlb")
+    return [ThreadSpec(f"vcpu{i}", partial(k.vcpu_run, v, (0, None), (0,)), group="vcpu", owner=v)
+            for i, v in enumerate(vcpus)]
+
+
 CORPUS_SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
+        Scenario("root-reuse",
+                 "TLBs modeled: vCPUs fault, run on the mapping, reset their MMU context and "
+                 "run on a reloaded root (bare metal)", root_reuse),
+        Scenario("hyperv-root-reuse",
+                 "root-reuse as L1 under Hyper-V with EnlightenedNptTlb (ASID flushes keep "
+                 "NPT-derived translations)", partial(root_reuse, hyperv=True)),
         Scenario("nested-pgd-switch",
                  "vCPUs run L1, then enter L2 (L1's root cached in prev_roots[0]) while a "
                  "memslot is deleted", nested_pgd_switch),
@@ -567,6 +606,11 @@ CORPUS_MUTANTS: dict[str, Mutant] = {
            "memslot-delete", "M4"),
         _m("bug-on-before-scheduled-check", BugOnBeforeScheduledCheck, {"KVM_BUG_ON"},
            "memslot-delete", "M8"),
+        # At two vCPUs: caught after 20,159 states (~26 s); the unmutated kernel passes
+        # (90,131 states): docs/corpus.md. The suite runs it at one.
+        Mutant("hv-flush-current-asid-only", HvFlushCurrentAsidOnly, frozenset({"stale-tlb"}),
+               "hyperv-root-reuse", "B07(b) e5c972c1fada (TDP MMU on Hyper-V, 5.18..6.3)",
+               vcpus=1, kernel="v6.1"),
     )
 }
 
@@ -632,16 +676,11 @@ CORPUS: list[CorpusRow] = [
               "(B07(a): its review; with 22b94c4b63eb, the era's kernel class v6.1)",
               "the reference gifted to a zap worker is put exactly once (no underflow, no free "
               "under a holder)"),
-    CorpusRow("B07", "defunct-root-zap-no-tlb-flush", None, "v6.1",
-              "bb95dfb9e2df", "KVM: x86/mmu: Defer TLB flush to caller when freeing TDP MMU shadow "
-              "pages (B07(b), with efd995dae5eb: the Hyper-V enlightened TLB regression; fix not "
-              "pinned down)",
-              "a zap without a TLB flush only on roots no vCPU can still translate through",
-              why_not="the model has no TLB: a vCPU's translations through a root are taken to end "
-              "when it stops running on it (the local flush on every root load), which is the "
-              "assumption Hyper-V's enlightened flush broke. Catching it needs per-vCPU TLB entries "
-              "tagged by root that outlive a switch, kvm_flush_remote_tlbs() and the L0's "
-              "per-address-space flush; the defunct-root zap itself is modeled (v6.1)"),
+    CorpusRow("B07", "hv-flush-current-asid-only", _C["hv-flush-current-asid-only"], "v6.1",
+              "e5c972c1fada", "KVM: SVM: Flush Hyper-V TLB when required (B07(b): the regression "
+              "bisected to bb95dfb9e2df with efd995dae5eb, TDP MMU on Hyper-V, 5.18..6.3)",
+              "a defunct root is zapped and freed without a TLB flush only if the flush on the "
+              "next root's load drops what was cached under its frame"),
     CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"], "v6.1",
               "cf4a8693d97a", "KVM: x86/mmu: Check every prev_roots in __kvm_mmu_free_obsolete_roots()",
               "after FREE_OBSOLETE_ROOTS is serviced the vCPU holds no reference to an obsolete root"),

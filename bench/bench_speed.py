@@ -9,8 +9,9 @@ do the same work; the script checks that they report the same counts (states,
 executions, transitions, verdict) and fails loudly if not. Every run is a fresh
 subprocess with ``PYTHONPATH`` pointing at one tree's ``src``; runs of the two trees
 alternate, and the best of ``--runs`` is kept (the machines are noisy: compare within
-one invocation, never across). Only the search is timed (``Stats.seconds``), not the
-interpreter's start or the model's import. The base tree is extracted with
+one invocation, never across). Only the search is timed, in CPU seconds of the process
+(``time.process_time``: the development machine is shared, and wall time there measures
+the neighbours too), not the interpreter's start or the model's import. The base tree is extracted with
 ``git archive`` into a temporary directory (no worktree, nothing written to the repo).
 Results also go to bench/results/.
 """
@@ -39,14 +40,16 @@ CONFIGS: dict[str, tuple[dict[str, object], int]] = {
 }
 
 RUNNER = """
-import json, sys
+import json, sys, time
 from tdpmmu.api import Config, check
 from tdpmmu.explore.result import Limits
 kwargs, max_states = json.loads(sys.argv[1])
+cpu = time.process_time()
 r = check(Config(shrink=False, **kwargs), Limits(max_states=max_states))
+cpu = time.process_time() - cpu
 s = r.stats
 print(json.dumps({"verdict": r.verdict, "states": s.states, "executions": s.executions,
-                  "transitions": s.transitions, "replayed": s.replayed, "seconds": s.seconds}))
+                  "transitions": s.transitions, "replayed": s.replayed, "seconds": cpu, "wall": s.seconds}))
 """
 
 

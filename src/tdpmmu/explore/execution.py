@@ -158,12 +158,15 @@ def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: i
     every frame of a thread: what a thread's fingerprint hashes, kept so that symmetry
     can rename it later."""
     parts = []
+    special = _SPECIAL.get
     g: Any = gen
     while isinstance(g, GeneratorType):
         f = g.gi_frame
         if f is None:
             break
-        parts.append((g.gi_code, f.f_lasti, *f.f_locals, *map(_value, _stack(g))))
+        # (_value, inlined: this runs for every slot of every frame at every step)
+        parts.append((g.gi_code, f.f_lasti, *f.f_locals,
+                      *[v if (fp := special(type(v))) is None else fp(v) for v in _stack(g)]))
         g = g.gi_yieldfrom
     return tuple(parts)
 

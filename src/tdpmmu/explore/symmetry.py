@@ -18,7 +18,7 @@ tuple made only of members' objects is sorted, i.e. treated as a set (``kvm->vcp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 from tdpmmu.explore.runtime import NAME, Tid, World
@@ -28,11 +28,18 @@ Groups = Sequence[Sequence[Member]]
 Rename = Callable[[Any], Any]
 
 
+# Types whose values never name a thread or an object (a Tid is not an int here: types
+# are compared exactly): returned as they are, before any other test.
+_PLAIN = frozenset({int, bool, str, float, bytes, type(None), CodeType})
+
+
 def make_rename(tid_map: dict[int, Tid], oid_map: dict[int, int]) -> Rename:
     member_oids = set(oid_map.values())
 
     def rename(v: Any) -> Any:
         t = type(v)
+        if t in _PLAIN:
+            return v
         if t is Tid:
             return tid_map.get(v, v)
         if t is tuple:

@@ -65,10 +65,12 @@ def world_hash(world: World, oid_map: dict[int, int], rename: Rename) -> int:
     for (oid, field), value in world.cells.items():
         if field == NAME:
             continue
-        h ^= hash(((oid_map.get(oid, oid), field), rename(value)))
+        h ^= hash(((oid_map.get(oid, oid), field), value if type(value) in _PLAIN else rename(value)))
     return h
 
 
 def frames_hash(frames: tuple[tuple[Any, ...], ...], rename: Rename) -> int:
     """A thread's fingerprint (``execution.thread_frames``) with every local renamed."""
-    return hash(tuple((code, lasti, *map(rename, locs)) for code, lasti, *locs in frames))
+    plain = _PLAIN
+    return hash(tuple((code, lasti, *[v if type(v) in plain else rename(v) for v in locs])
+                      for code, lasti, *locs in frames))

@@ -31,7 +31,7 @@ from tdpmmu.explore.runtime import (
     Violation,
     set_world,
 )
-from tdpmmu.explore.symmetry import frames_hash, make_rename, world_hash
+from tdpmmu.explore.symmetry import Rename, frames_hash, make_rename, world_hash
 from tdpmmu.explore.watchdog import PROGRESS
 
 Transition = tuple[int, int]  # (thread id, branch index)
@@ -158,12 +158,15 @@ def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: i
     every frame of a thread: what a thread's fingerprint hashes, kept so that symmetry
     can rename it later."""
     parts = []
+    special = _SPECIAL.get
     g: Any = gen
     while isinstance(g, GeneratorType):
         f = g.gi_frame
         if f is None:
             break
-        parts.append((g.gi_code, f.f_lasti, *f.f_locals, *map(_value, _stack(g))))
+        # (_value, inlined: this runs for every slot of every frame at every step)
+        parts.append((g.gi_code, f.f_lasti, *f.f_locals,
+                      *[v if (fp := special(type(v))) is None else fp(v) for v in _stack(g)]))
         g = g.gi_yieldfrom
     return tuple(parts)
 
@@ -186,6 +189,8 @@ class Execution:
         self.depth = 0
         self.rebuilt = 0  # steps re-run to rebuild generators (a cost measure)
         self.check_from = 0  # see step()
+        # canonical_fingerprint's renamed frame hashes: (thread, renaming) -> (frames, hash)
+        self._frames_memo: dict[tuple[int, object], tuple[tuple[tuple[Any, ...], ...], int]] = {}
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -344,17 +349,32 @@ class Execution:
             for (oid, f), value in w.cells.items():
                 if oid in own and f != NAME:
                     own[oid] ^= hash((f, anon(value)))
-            keyed = sorted(((frames_hash(self.frames[t], anon), own[o]), t, o) for t, o in group)
+            anon_key = ("anon", *group)
+            keyed = sorted(((self._frames_hash(t, anon_key, anon), own[o]), t, o) for t, o in group)
             for (slot_t, slot_o), (_, t, o) in zip(group, keyed, strict=True):
                 tid_map[t] = self.tids[slot_t]
                 oid_map[o] = slot_o
         if all(tid_map[t] == t for t in tid_map):
             return self.fingerprint()
         rename = make_rename(tid_map, oid_map)
+        rename_key = (tuple(tid_map.items()), tuple(oid_map.items()))
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
-            fps[tid_map.get(tid, tid)] = frames_hash(self.frames[tid], rename) if t.alive else DONE_FP
+            fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_key, rename) if t.alive else DONE_FP
         return hash((world_hash(w, oid_map, rename), *fps))
+
+    def _frames_hash(self, tid: int, key: object, rename: Rename) -> int:
+        """``frames_hash(self.frames[tid], rename)``, remembered per thread and renaming
+        (``key`` names it): a thread that did not step since keeps the very same frames
+        tuple (an immutable value), so the same tuple under the same renaming hashes
+        alike, and most threads are not the one that just stepped."""
+        frames = self.frames[tid]
+        memo = self._frames_memo.get((tid, key))
+        if memo is not None and memo[0] is frames:
+            return memo[1]
+        h = frames_hash(frames, rename)
+        self._frames_memo[(tid, key)] = (frames, h)
+        return h
 
     def deadlock(self) -> Violation:
         blocked = [f"{t.name} waits in {t.pending.label()}" for t in self.threads

@@ -138,11 +138,18 @@ class World:
 
     # -- memory ---------------------------------------------------------------------
     def get(self, key: Key) -> Any:
+        # (``peek`` inlined: this is the model's every field read.)
         if key[0] in self.freed:
             self.use_after_free(key)
-        if self.accesses is not None:  # whether it is a use-after-free depends on this too
-            self.accesses.append(((key[0], LIVE), READ))
-        return self.peek(key)
+        accesses = self.accesses
+        if accesses is not None:  # whether it is a use-after-free depends on this too
+            accesses.append(((key[0], LIVE), READ))
+        value = self.cells[key]
+        if self.log is not None:
+            self.log.append(value)
+        if accesses is not None:
+            accesses.append((key, READ))
+        return value
 
     def peek(self, key: Key) -> Any:
         """Read without the use-after-free check (metadata such as names and types)."""
@@ -332,16 +339,19 @@ class _Current:
     world: World = field(default_factory=World)
 
 
-_current = _Current()
+CURRENT = _Current()
+"""Holds the world of the execution being stepped; ``world()`` reads it. The field
+descriptors (``tdpmmu.kernel.memory``) read ``CURRENT.world`` directly: they run on
+every field access, and a function call there is measurable."""
 
 
 def world() -> World:
     """The world of the execution being stepped (the facade's handle on the runtime)."""
-    return _current.world
+    return CURRENT.world
 
 
 def set_world(w: World) -> None:
-    _current.world = w
+    CURRENT.world = w
 
 
 # Code objects of primitives: traces name the innermost frame that is *not* one of these,

@@ -18,7 +18,7 @@ tuple made only of members' objects is sorted, i.e. treated as a set (``kvm->vcp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 from tdpmmu.explore.runtime import NAME, Tid, World
@@ -28,11 +28,18 @@ Groups = Sequence[Sequence[Member]]
 Rename = Callable[[Any], Any]
 
 
+# Types whose values never name a thread or an object (a Tid is not an int here: types
+# are compared exactly): returned as they are, before any other test.
+_PLAIN = frozenset({int, bool, str, float, bytes, type(None), CodeType})
+
+
 def make_rename(tid_map: dict[int, Tid], oid_map: dict[int, int]) -> Rename:
     member_oids = set(oid_map.values())
 
     def rename(v: Any) -> Any:
         t = type(v)
+        if t in _PLAIN:
+            return v
         if t is Tid:
             return tid_map.get(v, v)
         if t is tuple:
@@ -58,10 +65,12 @@ def world_hash(world: World, oid_map: dict[int, int], rename: Rename) -> int:
     for (oid, field), value in world.cells.items():
         if field == NAME:
             continue
-        h ^= hash(((oid_map.get(oid, oid), field), rename(value)))
+        h ^= hash(((oid_map.get(oid, oid), field), value if type(value) in _PLAIN else rename(value)))
     return h
 
 
 def frames_hash(frames: tuple[tuple[Any, ...], ...], rename: Rename) -> int:
     """A thread's fingerprint (``execution.thread_frames``) with every local renamed."""
-    return hash(tuple((code, lasti, *map(rename, locs)) for code, lasti, *locs in frames))
+    plain = _PLAIN
+    return hash(tuple((code, lasti, *[v if type(v) in plain else rename(v) for v in locs])
+                      for code, lasti, *locs in frames))

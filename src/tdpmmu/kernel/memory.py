@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar, TypeVar, overload
 
-from tdpmmu.explore.runtime import NAME, world
+from tdpmmu.explore.runtime import CURRENT, NAME, world
 
 S = TypeVar("S", bound="Struct")
 T = TypeVar("T")
@@ -27,9 +27,17 @@ class Field:
     def __init__(self, default: Hashable = 0) -> None:
         self.default = default
         self.name = ""
+        # The cell name under each prefix ("role." + "invalid"), built once: one string
+        # object per cell name, whose hash is computed once, not one per access.
+        self.cell_names: dict[str, str] = {}
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+        self.cell_names = {"": name}
+
+    def cell_name(self, prefix: str) -> str:
+        name = self.cell_names[prefix] = prefix + self.name
+        return name
 
     @overload
     def __get__(self, obj: None, owner: type) -> Field: ...
@@ -38,10 +46,12 @@ class Field:
     def __get__(self, obj: Struct | None, owner: type) -> Any:
         if obj is None:
             return self
-        return world().get((obj.oid, obj.prefix + self.name))
+        name = self.cell_names.get(obj.prefix)
+        return CURRENT.world.get((obj.oid, self.cell_name(obj.prefix) if name is None else name))
 
     def __set__(self, obj: Struct, value: Hashable) -> None:
-        world().set((obj.oid, obj.prefix + self.name), value)
+        name = self.cell_names.get(obj.prefix)
+        CURRENT.world.set((obj.oid, self.cell_name(obj.prefix) if name is None else name), value)
 
 
 class Embedded:
@@ -50,6 +60,7 @@ class Embedded:
     def __init__(self, cls: type[Struct]) -> None:
         self.cls = cls
         self.name = ""
+        self.prefixes: dict[str, str] = {}  # the embedded struct's prefix under each outer one
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -57,7 +68,10 @@ class Embedded:
     def __get__(self, obj: Struct | None, owner: type) -> Any:
         if obj is None:
             return self
-        return self.cls(obj.oid, obj.prefix + self.name + ".")
+        prefix = self.prefixes.get(obj.prefix)
+        if prefix is None:
+            prefix = self.prefixes[obj.prefix] = obj.prefix + self.name + "."
+        return self.cls(obj.oid, prefix)
 
 
 class Struct:

@@ -121,6 +121,10 @@ class Dpor(Search):
         self._r: list[int] = []
         self._w: list[int] = []
         self._u: list[int] = []
+        # Per path step, for the race loops' quick rejections: every cell it touched
+        # (r | w | u), and every cell it wrote (w | u).
+        self._touched: list[int] = []
+        self._wrote: list[int] = []
         self._everything: list[Footprint] = []  # union of the footprints of the path's steps so far
         self._vc: list[Clock] = []
         self._stack: list[_Node] = []
@@ -237,28 +241,41 @@ class Dpor(Search):
         else:  # cannot happen when guards are in the footprints; stay safe
             node.backtrack.update(node.enabled)
 
-    def _step_races(self, p: int, r: int, w: int, u: int, prev: Clock) -> Clock:
-        """Race check of a step of ``p`` just taken after the path's steps: every
-        earlier step of another thread that it depends on and that is ordered before it
-        by nothing else (source-DPOR's race) is reversed: the state before that step
-        explores an initial of notdep.step (Abdulla et al. 2014, Algorithm 1).
-        Returns the step's vector clock."""
-        tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
-        covered = list(prev)  # join of the clocks of p's last step and of later dependent steps
+    def _step_races(self, p: int, r: int, w: int, u: int, tvc: tuple[Clock, ...]) -> Clock:
+        """Race check of a step of ``p`` just taken after the path's steps (``tvc``:
+        each thread's clock after its last one): every earlier step of another thread
+        that it depends on and that is ordered before it by nothing else (source-DPOR's
+        race) is reversed: the state before that step explores an initial of
+        notdep.step (Abdulla et al. 2014, Algorithm 1). Returns the step's vector clock."""
+        tids, rs, ws, us, vcs, touched = self._tid, self._r, self._w, self._u, self._vc, self._touched
+        covered = list(tvc[p])  # join of the clocks of p's last step and of later dependent steps
         ru = r | u
+        mine = r | w | u
         races = []
+        # The scan goes back from the last step. Thread q's steps at or before step i
+        # are its first remaining[q]; once covered[q] reaches that, all of them happen
+        # before p's step already: when that holds for every other thread (`live` counts
+        # those for which it does not), no earlier step can race and the scan stops.
+        remaining = [c[q] for q, c in enumerate(tvc)]
+        live = sum(1 for q, c in enumerate(remaining) if q != p and covered[q] < c)
         for i in range(len(tids) - 1, -1, -1):
+            if not live:
+                break
             q = tids[i]
+            remaining[q] -= 1
             if q == p:
                 continue
-            ri, wi, ui = rs[i], ws[i], us[i]
-            if not (w & (ri | wi | ui) or wi & ru or u & ri or r & ui):  # _conflict, inlined
-                continue
-            vi = vcs[i]
-            if covered[q] >= vi[q]:
-                continue  # already ordered before p's step through another step
-            races.append(i)
-            covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
+            if mine & touched[i]:  # some cell in common (a quick test, before _conflict)
+                ri, wi, ui = rs[i], ws[i], us[i]
+                vi = vcs[i]
+                # _conflict, inlined; and not already ordered before p's step
+                if (w & (ri | wi | ui) or wi & ru or u & ri or r & ui) and covered[q] < vi[q]:
+                    races.append(i)
+                    covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
+                    live = sum(1 for q2, c in enumerate(remaining) if q2 != p and covered[q2] < c)
+                    continue
+            if covered[q] == remaining[q]:  # q's steps from here back all happen before
+                live -= 1
         covered[p] += 1
         vc = tuple(covered)
         for i in races:
@@ -291,6 +308,7 @@ class Dpor(Search):
         one only). Returns, per thread, a lower bound of the vector clocks of its
         subtree steps on this path."""
         tids, rs, ws, us, vcs = self._tid, self._r, self._w, self._u, self._vc
+        touched_at, wrote_at = self._touched, self._wrote
         everything = self._everything[-1] if self._everything else (0, 0, 0)
         bounds = []
         reversed_: set[int] = set()
@@ -306,25 +324,33 @@ class Dpor(Search):
                 ru = r | u
                 touched = r | w | u | blocked
                 killed = 0  # cells a later path step wrote as a whole
+                # As in _step_races: stop once every other thread's remaining steps
+                # are covered (nothing before them can race or raise the bound).
+                remaining = [c[q] for q, c in enumerate(tvc)]
+                live = sum(1 for q, c in enumerate(remaining) if q != t and covered[q] < c)
                 for i in range(len(tids) - 1, -1, -1):
-                    ri, wi, ui = rs[i], ws[i], us[i]
-                    if not ((ri | wi | ui) & touched or (wi | ui) & head):
-                        killed |= wi
-                        continue
+                    if not live:
+                        break
                     q = tids[i]
-                    vi = vcs[i]
-                    if q != t and covered[q] < vi[q]:
-                        if racing:
-                            cells = (blocked & (wi | ui)) if after >> q & 1 else \
-                                (w & (ri | wi | ui) | wi & ru | u & ri | (r | blocked) & ui | blocked & wi)
-                            if cells & ~killed and i not in reversed_:  # (_conflict's cells)
-                                # (Without the step's own clock, the reversal does not
-                                # depend on t: once per path step is enough.)
-                                self._reverse(i, t, known=False)
-                                reversed_.add(i)
-                        if (wi | ui) & head:
-                            covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
-                    killed |= wi
+                    remaining[q] -= 1
+                    if q != t and (touched_at[i] & touched or wrote_at[i] & head):
+                        vi = vcs[i]
+                        if covered[q] < vi[q]:
+                            if racing:
+                                ri, wi, ui = rs[i], ws[i], us[i]
+                                cells = (blocked & (wi | ui)) if after >> q & 1 else (
+                                    w & (ri | wi | ui) | wi & ru | u & ri | (r | blocked) & ui | blocked & wi)
+                                if cells & ~killed and i not in reversed_:  # (_conflict's cells)
+                                    # (Without the step's own clock, the reversal does not
+                                    # depend on t: once per path step is enough.)
+                                    self._reverse(i, t, known=False)
+                                    reversed_.add(i)
+                            if wrote_at[i] & head:
+                                covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
+                                live = sum(1 for q2, c in enumerate(remaining) if q2 != t and covered[q2] < c)
+                    killed |= ws[i]
+                    if q != t and covered[q] == remaining[q]:
+                        live -= 1
             bounds.append(tuple(max(c, tvc[q][q] + 1) if after >> q & 1 else c
                                 for q, c in enumerate(covered)))
         return bounds
@@ -490,7 +516,7 @@ class Dpor(Search):
                 wr |= alive_bit[p]
             f = node.cur_fp
             node.cur_fp = (f[0] | r, f[1] | wr, f[2] | u)
-            vc = self._step_races(p, r, wr, u, node.tvc[p])
+            vc = self._step_races(p, r, wr, u, node.tvc)
             steps = node.summary.steps
             steps[3 * p] |= r
             steps[3 * p + 1] |= wr
@@ -502,6 +528,8 @@ class Dpor(Search):
             self._r.append(r)
             self._w.append(wr)
             self._u.append(u)
+            self._touched.append(r | wr | u)
+            self._wrote.append(wr | u)
             e = self._everything[-1] if self._everything else (0, 0, 0)
             self._everything.append((e[0] | r, e[1] | wr, e[2] | u))
             self._vc.append(vc)
@@ -567,7 +595,8 @@ class Dpor(Search):
         self._pop_event()
 
     def _pop_event(self) -> None:
-        for events in (self._tid, self._r, self._w, self._u, self._everything, self._vc):
+        for events in (self._tid, self._r, self._w, self._u, self._touched, self._wrote, self._everything,
+                       self._vc):
             events.pop()
 
     def _pop(self, visited: dict[int, _Entry],

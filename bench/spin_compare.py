@@ -8,7 +8,8 @@ For each vCPU count, in this one process and one after the other (so the timings
 the machine's load): generates bench/promela/memslot_delete.pml's model into a temp dir
 (bench/promela/gen.py), runs `spin -a -DN=n`, compiles pan twice with gcc -O2 -DSAFETY
 (SPIN's default partial-order reduction, and -DNOREDUCE without it), runs each pan, then
-runs `tdpmmu check memslot-delete --vcpus n --json`. Prints one table; ratios are
+runs `python -m tdpmmu check memslot-delete --vcpus n --json` from this checkout
+(PYTHONPATH=src, whatever `tdpmmu` is installed). Prints one table; ratios are
 tdpmmu's time-to-verdict over SPIN's (POR build), with and without SPIN's compile time
 (spin -a + gcc). Nothing is written into the repository.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
 GEN = HERE / "promela" / "gen.py"
 MUTANT = "zap-unscheduled-roots"
 
@@ -44,10 +47,10 @@ def ensure_spin() -> str:
 
 
 def timed(
-    cmd: list[str], cwd: Path, timeout: float | None = None
+    cmd: list[str], cwd: Path, timeout: float | None = None, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     return p, time.perf_counter() - t0
 
 
@@ -102,13 +105,17 @@ def run_spin(
 
 
 def run_tdpmmu(n: int, mutant: bool, args: argparse.Namespace) -> dict[str, object]:
-    cmd = ["tdpmmu", "check", "memslot-delete", "--vcpus", str(n), "--json",
+    cmd = [sys.executable, "-m", "tdpmmu", "check", "memslot-delete", "--vcpus", str(n), "--json",
            "--time-limit", str(args.time_limit), "--shrink-time", "0"]
     if mutant:
         cmd += ["--mutant", MUTANT]
+    if args.search:
+        cmd += ["--search", args.search]
     if args.no_symmetry:
         cmd.append("--no-symmetry")
-    p, wall = timed(cmd, Path.cwd())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    p, wall = timed(cmd, Path.cwd(), env=env)
     try:
         out = json.loads(p.stdout)
     except json.JSONDecodeError:
@@ -131,6 +138,7 @@ def main() -> None:
     ap.add_argument("--vcpus", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--time-limit", type=float, default=600.0, help="tdpmmu --time-limit (s)")
     ap.add_argument("--mutant", action="store_true", help=f"both sides with {MUTANT}")
+    ap.add_argument("--search", choices=("dpor", "plain"), help="tdpmmu --search (default: its own, DPOR)")
     ap.add_argument("--no-symmetry", action="store_true", help="tdpmmu without vCPU symmetry")
     ap.add_argument("--depth", type=int, default=100000, help="initial pan -m")
     ap.add_argument("--hashbits", type=int, default=24, help="pan -w")
@@ -154,7 +162,8 @@ def main() -> None:
 
     print(f"{version}; gcc -O2 -DSAFETY; pan -w{args.hashbits}"
           f"{' -DCOLLAPSE' if args.collapse else ''}; tdpmmu "
-          f"{'--no-symmetry' if args.no_symmetry else '(default: cache + symmetry)'}"
+          f"{'--search ' + args.search if args.search else '(default search: DPOR + cache)'}"
+          f"{' --no-symmetry' if args.no_symmetry else ''}"
           f"{'; mutant ' + MUTANT if args.mutant else ''}")
     head = ["N", "spin verdict", "spin states", "spin s", "states NOREDUCE", "s NOREDUCE",
             "compile s", "tdpmmu verdict", "tdpmmu states", "tdpmmu s",

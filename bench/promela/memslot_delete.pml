@@ -10,7 +10,9 @@
 #ifndef N
 #define N 1
 #endif
-#define MAXR 2          /* roots 1..MAXR; node 0 is the list head */
+#define MAXR 2          /* roots ever allocated */
+#define MAXOBJ (MAXR + 2 * N) /* roots and tables ever allocated: a fault allocates at most one table */
+#define MAXCB 4               /* pending RCU callbacks: two roots, one linked table each */
 #define NT (N + 3)            /* threads */
 #define MAXN 4
 #if N > MAXN
@@ -24,16 +26,25 @@
 #define MUTANT 0
 #endif
 
-/* struct kvm_mmu_page, for roots 1..MAXR (index 0 unused) */
-bool r_freed[MAXR + 1];       /* kfree()d by the RCU callback: any access is a use-after-free */
-bool r_invalid[MAXR + 1];     /* role.invalid */
-bool r_sched[MAXR + 1];       /* tdp_mmu_scheduled_root_to_zap */
-bool r_spte[MAXR + 1];        /* sptes: the gfn-0 leaf */
-byte r_ref[MAXR + 1];         /* tdp_mmu_root_count */
-byte nroots;                  /* roots allocated so far (root n is the n-th) */
+/* struct kvm_mmu_page: objects 1..nobj in allocation order, roots and child tables alike
+   (tdpmmu's object ids; index 0 unused) */
+byte nobj;                    /* objects allocated so far (NEXT_OID) */
+bool o_root[MAXOBJ + 1];      /* a root (role.level 2), else a child table (level 1) */
+bool o_freed[MAXOBJ + 1];     /* kfree()d: any access is a use-after-free */
+byte spt0[MAXOBJ + 1];        /* sp->spt[0], spt[1]: an SPTE (0, a table's index, LEAF, REMOVED) */
+byte spt1[MAXOBJ + 1];
+bool r_invalid[MAXOBJ + 1];   /* role.invalid (roots) */
+bool r_sched[MAXOBJ + 1];     /* tdp_mmu_scheduled_root_to_zap */
+byte r_ref[MAXOBJ + 1];       /* tdp_mmu_root_count */
+byte nroots;                  /* roots allocated so far (a function of o_root[]: for the bound) */
 /* kvm->arch.tdp_mmu_roots: list_head links, node 0 = head */
-byte nxt[MAXR + 1];
-byte prv[MAXR + 1];
+byte nxt[MAXOBJ + 1];
+byte prv[MAXOBJ + 1];
+byte tdp_pages;               /* kvm->arch.tdp_mmu_pages: linked child tables */
+
+/* struct page of gfn 0 (the mm maps it at hva 0 for the whole run) */
+byte pg_ref = 1;              /* _refcount: the mm's, plus one per fault between gup and release */
+bool pg_referenced;           /* flags: PG_referenced, set by the A/D write-back of a zapped young leaf */
 
 /* kvm->mmu_lock: queued rwlock (new readers wait behind a queued writer) */
 bool rd[NT];
@@ -47,8 +58,8 @@ byte slots_lock = NOBODY;     /* kvm->slots_lock */
 /* RCU */
 byte rcu_depth[NT];
 byte rcu_mask;                /* threads inside a read-side section (derived) */
-byte cb_root[MAXR];           /* pending callbacks, oldest first */
-byte cb_wait[MAXR];           /* readers each still waits for */
+byte cb_obj[MAXCB];           /* pending callbacks (tdp_mmu_free_sp_rcu_callback), oldest first */
+byte cb_wait[MAXCB];          /* readers each still waits for */
 byte ncb;
 
 /* vCPUs */
@@ -64,7 +75,13 @@ bool unannounced;             /* ghost: invalidated, request not yet posted */
 bit valid_gen;                /* arch.mmu_valid_gen */
 byte i;                       /* scratch of loops inside one atomic step; always 0 between */
 
-#define TOUCH(r)   assert(!r_freed[r])   /* use-after-free */
+#define TOUCH(r)   assert(!o_freed[r])   /* use-after-free */
+#define LEAF 250              /* make_spte(page0): a present, young 4K leaf */
+#define REMOVED 251           /* REMOVED_SPTE */
+#define RET_PF_RETRY 1
+#define RET_PF_FIXED 3
+#define RET_PF_SPURIOUS 4
+#define NEW_OBJ(v) assert(nobj < MAXOBJ); nobj++; v = nobj  /* kzalloc() */
 
 #define LIST_ADD(r) nxt[r] = nxt[0]; prv[r] = 0; prv[nxt[0]] = r; nxt[0] = r
 #define LIST_DEL(r) assert(prv[r] != POISON); prv[nxt[r]] = prv[r]; nxt[prv[r]] = nxt[r]; prv[r] = POISON
@@ -74,7 +91,7 @@ byte i;                       /* scratch of loops inside one atomic step; always
   rcu_mask = rcu_mask & ~(1 << _pid); \
   i = 0; do :: i < ncb -> cb_wait[i] = cb_wait[i] & ~(1 << _pid); i++ :: else -> break od; i = 0
 
-#define CALL_RCU(r) assert(ncb < MAXR); cb_root[ncb] = r; cb_wait[ncb] = rcu_mask; ncb++
+#define CALL_RCU(r) assert(ncb < MAXCB); cb_obj[ncb] = r; cb_wait[ncb] = rcu_mask; ncb++
 
 /* kvm_make_all_cpus_request(): post to every vCPU */
 #define POST_ALL() i = 0; do :: i < N -> req[i] = 1; i++ :: else -> break od; i = 0
@@ -106,22 +123,25 @@ byte i;                       /* scratch of loops inside one atomic step; always
   od; assert(rcu_cnt <= 1); i = 0; rcu_cnt = 0
 byte rcu_cnt;                 /* scratch of CHECK_ROOTS */
 
-/* check_fast_zap_complete(): no live invalid root maps anything */
+/* check_fast_zap_complete(): no live invalid root maps anything (a leaf in its table) */
 #define FAST_ZAP_COMPLETE() \
-  i = 1; do :: i <= nroots -> assert(r_freed[i] || !(r_invalid[i] && r_spte[i])); i++ \
+  i = 1; do :: i <= nobj -> \
+     if :: o_root[i] && !o_freed[i] && r_invalid[i] && spt0[i] != 0 -> \
+           assert(spt0[spt0[i]] != LEAF && spt1[spt0[i]] != LEAF) \
+     :: else fi; i++ \
   :: else -> break od; i = 0
 
-/* check_final(): list empty, every root freed, no callback left */
+/* check_final(): list empty, every root and table freed, no callback left */
 #define FINAL_CHECKS() \
   assert(nxt[0] == 0); assert(ncb == 0); \
-  i = 1; do :: i <= nroots -> assert(r_freed[i]); i++ :: else -> break od; i = 0
+  i = 1; do :: i <= nobj -> assert(o_freed[i]); i++ :: else -> break od; i = 0
 
 #define CB_READY(k) (ncb > k && cb_wait[k] == 0)
 
-#define CB_READY_ANY (CB_READY(0) || CB_READY(1))
+#define CB_READY_ANY (CB_READY(0) || CB_READY(1) || CB_READY(2) || CB_READY(3))
 
 active [N] proctype vcpu() {
-  byte root, pos; bit snap, ch;
+  byte root, pos, it_pt, it_old, sp, ret;
 L0: /* kvm_request_pending(vcpu) */
   atomic { if
       :: (req[_pid]) -> goto L1
@@ -308,23 +328,26 @@ L20: /* lock(pages_lock) */
                 assert(false)
               fi
               :: else -> pos = 0;
+              NEW_OBJ(root);
+              o_root[root] = 1;
               nroots++;
               assert(nroots <= MAXR);
-              root = nroots;
               goto L24
             fi
           fi
           :: else -> pos = 0;
+          NEW_OBJ(root);
+          o_root[root] = 1;
           nroots++;
           assert(nroots <= MAXR);
-          root = nroots;
           goto L24
         fi
       fi
       :: else -> pos = 0;
+      NEW_OBJ(root);
+      o_root[root] = 1;
       nroots++;
       assert(nroots <= MAXR);
-      root = nroots;
       goto L24
     fi }
 L21: /* refcount_inc_not_zero(pos) */
@@ -390,7 +413,7 @@ L29: /* kvm_request_pending(vcpu) (exit request) */
   atomic { if
       :: (req[_pid]) -> mode[_pid] = 0;
       nguest--;
-      goto L36
+      goto L40
       :: else -> TOUCH(hpa[_pid]);
       assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
       in_guest[_pid] = 1;
@@ -401,170 +424,176 @@ L30: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
     nguest--;
     in_guest[_pid] = 0;
     goto L31 }
-L31: /* read_lock(mmu_lock) */
+L31: /* READ_ONCE(kvm->mmu_invalidate_seq) */
+  atomic { goto L32 }
+L32: /* get_user_pages(page0) */
+  atomic { pg_ref++;
+    ret = RET_PF_RETRY;
+    goto L33 }
+L33: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     TOUCH(hpa[_pid]);
     if
-      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L35
-      :: else -> goto L32
+      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L38
+      :: else -> goto L34
     fi }
-L32: /* rcu_read_lock() */
+L34: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L33 }
-L33: /* tdp_mmu_set_spte_atomic(root, 0, leaf) */
+    TOUCH(hpa[_pid]);
+    it_old = spt0[hpa[_pid]];
+    if
+      :: (it_old == REMOVED) -> goto L37
+      :: else -> if
+        :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+        TOUCH(it_pt);
+        it_old = spt0[it_pt];
+        if
+          :: (it_old == REMOVED) -> goto L37
+          :: else -> if
+            :: (it_old == LEAF) -> ret = RET_PF_SPURIOUS;
+            goto L37
+            :: else -> goto L36
+          fi
+        fi
+        :: else -> NEW_OBJ(sp);
+        goto L35
+      fi
+    fi }
+L35: /* try_cmpxchg64(root[0], 0 -> table) */
   atomic { TOUCH(hpa[_pid]);
-    assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
-    r_spte[hpa[_pid]] = 1;
-    goto L34 }
-L34: /* rcu_read_unlock() */
+    if
+      :: (spt0[hpa[_pid]] != it_old) -> it_old = spt0[hpa[_pid]];
+      o_freed[sp] = 1  /* tdp_mmu_free_sp() */;
+      goto L37
+      :: else -> spt0[hpa[_pid]] = sp;
+      tdp_pages++;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      it_pt = sp;
+      it_old = spt0[it_pt];
+      goto L36
+    fi }
+L36: /* try_cmpxchg64(table[0], 0 -> leaf) */
+  atomic { TOUCH(it_pt);
+    if
+      :: (spt0[it_pt] != it_old) -> goto L37
+      :: else -> spt0[it_pt] = LEAF;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      ret = RET_PF_FIXED;
+      goto L37
+    fi }
+L37: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L35 }
-L35: /* read_unlock(mmu_lock) */
+    it_pt = 0;
+    it_old = 0;
+    sp = 0;
+    goto L38 }
+L38: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L36 }
-L36: /* kvm_request_pending(vcpu) */
+    goto L39 }
+L39: /* put_page(page0) */
+  atomic { pg_ref--;
+    assert(pg_ref > 0)  /* the mm's reference */;
+    ret = 0;
+    goto L40 }
+L40: /* kvm_request_pending(vcpu) */
   atomic { if
-      :: (req[_pid]) -> goto L37
+      :: (req[_pid]) -> goto L41
       :: else -> if
-        :: (hpa[_pid] == 0) -> goto L46
-        :: else -> goto L64
+        :: (hpa[_pid] == 0) -> goto L50
+        :: else -> goto L68
       fi
     fi }
-L37: /* kvm_check_request(KVM_REQ_VM_DEAD) */
-  atomic { goto L38 }
-L38: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
+L41: /* kvm_check_request(KVM_REQ_VM_DEAD) */
+  atomic { goto L42 }
+L42: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
   atomic { if
       :: (req[_pid]) -> req[_pid] = 0;
       TOUCH(hpa[_pid]);
       if
-        :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L39
+        :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L43
         :: else -> if
-          :: (hpa[_pid] == 0) -> goto L46
-          :: else -> goto L64
+          :: (hpa[_pid] == 0) -> goto L50
+          :: else -> goto L68
         fi
       fi
       :: else -> if
-        :: (hpa[_pid] == 0) -> goto L46
-        :: else -> goto L64
+        :: (hpa[_pid] == 0) -> goto L50
+        :: else -> goto L68
       fi
     fi }
-L39: /* read_lock(mmu_lock) */
+L43: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     assert(rd[_pid]);
-    goto L40 }
-L40: /* refcount_dec_and_test(hpa[_pid]) */
+    goto L44 }
+L44: /* refcount_dec_and_test(hpa[_pid]) */
   atomic { TOUCH(hpa[_pid]);
     assert(r_ref[hpa[_pid]] > 0)  /* underflow; use-after-free */;
     r_ref[hpa[_pid]]--;
     if
       :: (r_ref[hpa[_pid]] == 0) -> assert(r_invalid[hpa[_pid]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L41
-      :: else -> hpa[_pid] = 0;
       goto L45
+      :: else -> hpa[_pid] = 0;
+      goto L49
     fi }
-L41: /* lock(pages_lock) */
+L45: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L42 }
-L42: /* list_del_rcu(hpa[_pid]) */
+    goto L46 }
+L46: /* list_del_rcu(hpa[_pid]) */
   atomic { TOUCH(hpa[_pid]);
     LIST_DEL(hpa[_pid]);
-    goto L43 }
-L43: /* unlock(pages_lock) */
+    goto L47 }
+L47: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L44 }
-L44: /* call_rcu(hpa[_pid]) */
+    goto L48 }
+L48: /* call_rcu(hpa[_pid]) */
   atomic { CALL_RCU(hpa[_pid]);
     hpa[_pid] = 0;
-    goto L45 }
-L45: /* read_unlock(mmu_lock) */
+    goto L49 }
+L49: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     if
-      :: (hpa[_pid] == 0) -> goto L46
-      :: else -> goto L64
+      :: (hpa[_pid] == 0) -> goto L50
+      :: else -> goto L68
     fi }
-L46: /* read_lock(mmu_lock) */
+L50: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L47 }
-L47: /* rcu_read_lock() */
+    goto L51 }
+L51: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L48 }
-L48: /* list_first_or_null_rcu() */
+    goto L52 }
+L52: /* list_first_or_null_rcu() */
   atomic { assert(rcu_depth[_pid] > 0);
     pos = nxt[0];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L49
-        :: else -> goto L50
-      fi
-      :: else -> goto L55
-    fi }
-L49: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L55
-      :: else -> goto L50
-    fi }
-L50: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L51
-        :: else -> goto L52
-      fi
-      :: else -> goto L55
-    fi }
-L51: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L55
-      :: else -> goto L52
-    fi }
-L52: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
     if
       :: (pos != 0) -> TOUCH(pos);
       if
         :: (!r_invalid[pos]) -> goto L53
         :: else -> goto L54
       fi
-      :: else -> goto L55
+      :: else -> goto L59
     fi }
 L53: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -573,15 +602,59 @@ L53: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L55
+      :: (r_ref[pos] != 0) -> goto L59
       :: else -> goto L54
     fi }
 L54: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
+    if
+      :: (pos != 0) -> TOUCH(pos);
+      if
+        :: (!r_invalid[pos]) -> goto L55
+        :: else -> goto L56
+      fi
+      :: else -> goto L59
+    fi }
+L55: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L59
+      :: else -> goto L56
+    fi }
+L56: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> TOUCH(pos);
+      if
+        :: (!r_invalid[pos]) -> goto L57
+        :: else -> goto L58
+      fi
+      :: else -> goto L59
+    fi }
+L57: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L59
+      :: else -> goto L58
+    fi }
+L58: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L55: /* rcu_read_unlock() */
+L59: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -593,10 +666,10 @@ L55: /* rcu_read_unlock() */
     if
       :: (root != 0) -> TOUCH(root);
       assert(!r_invalid[root]);
-      goto L63
-      :: else -> goto L56
+      goto L67
+      :: else -> goto L60
     fi }
-L56: /* lock(pages_lock) */
+L60: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
@@ -604,41 +677,44 @@ L56: /* lock(pages_lock) */
     if
       :: (pos != 0) -> TOUCH(pos);
       if
-        :: (!r_invalid[pos]) -> goto L57
+        :: (!r_invalid[pos]) -> goto L61
         :: else -> pos = nxt[pos];
         if
           :: (pos != 0) -> TOUCH(pos);
           if
-            :: (!r_invalid[pos]) -> goto L58
+            :: (!r_invalid[pos]) -> goto L62
             :: else -> pos = nxt[pos];
             if
               :: (pos != 0) -> TOUCH(pos);
               if
-                :: (!r_invalid[pos]) -> goto L59
+                :: (!r_invalid[pos]) -> goto L63
                 :: else -> pos = nxt[pos];
                 assert(false)
               fi
               :: else -> pos = 0;
+              NEW_OBJ(root);
+              o_root[root] = 1;
               nroots++;
               assert(nroots <= MAXR);
-              root = nroots;
-              goto L60
+              goto L64
             fi
           fi
           :: else -> pos = 0;
+          NEW_OBJ(root);
+          o_root[root] = 1;
           nroots++;
           assert(nroots <= MAXR);
-          root = nroots;
-          goto L60
+          goto L64
         fi
       fi
       :: else -> pos = 0;
+      NEW_OBJ(root);
+      o_root[root] = 1;
       nroots++;
       assert(nroots <= MAXR);
-      root = nroots;
-      goto L60
+      goto L64
     fi }
-L57: /* refcount_inc_not_zero(pos) */
+L61: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
@@ -647,10 +723,10 @@ L57: /* refcount_inc_not_zero(pos) */
     if
       :: (r_ref[pos] != 0) -> root = pos;
       pos = 0;
-      goto L62
+      goto L66
       :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L58: /* refcount_inc_not_zero(pos) */
+L62: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
@@ -659,10 +735,10 @@ L58: /* refcount_inc_not_zero(pos) */
     if
       :: (r_ref[pos] != 0) -> root = pos;
       pos = 0;
-      goto L62
+      goto L66
       :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L59: /* refcount_inc_not_zero(pos) */
+L63: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
@@ -671,87 +747,137 @@ L59: /* refcount_inc_not_zero(pos) */
     if
       :: (r_ref[pos] != 0) -> root = pos;
       pos = 0;
-      goto L62
+      goto L66
       :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L60: /* refcount_set(root, 2) */
+L64: /* refcount_set(root, 2) */
   atomic { r_ref[root] = 2;
-    goto L61 }
-L61: /* list_add_rcu(root) */
+    goto L65 }
+L65: /* list_add_rcu(root) */
   atomic { LIST_ADD(root);
     CHECK_ROOTS();
     pos = 0;
-    goto L62 }
-L62: /* unlock(pages_lock) */
+    goto L66 }
+L66: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L63 }
-L63: /* read_unlock(mmu_lock) */
+    goto L67 }
+L67: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     hpa[_pid] = root;
     root = 0;
-    goto L64 }
-L64: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
+    goto L68 }
+L68: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
   atomic { mode[_pid] = 1;
     nguest++;
-    goto L65 }
-L65: /* kvm_request_pending(vcpu) (exit request) */
+    goto L69 }
+L69: /* kvm_request_pending(vcpu) (exit request) */
   atomic { if
       :: (req[_pid]) -> mode[_pid] = 0;
       nguest--;
-      goto L72
+      goto L80
       :: else -> TOUCH(hpa[_pid]);
       assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
       in_guest[_pid] = 1;
-      goto L66
+      goto L70
     fi }
-L66: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
+L70: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
   atomic { mode[_pid] = 0;
     nguest--;
     in_guest[_pid] = 0;
-    goto L67 }
-L67: /* read_lock(mmu_lock) */
+    goto L71 }
+L71: /* READ_ONCE(kvm->mmu_invalidate_seq) */
+  atomic { goto L72 }
+L72: /* get_user_pages(page0) */
+  atomic { pg_ref++;
+    ret = RET_PF_RETRY;
+    goto L73 }
+L73: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     TOUCH(hpa[_pid]);
     if
-      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L71
-      :: else -> goto L68
+      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L78
+      :: else -> goto L74
     fi }
-L68: /* rcu_read_lock() */
+L74: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L69 }
-L69: /* tdp_mmu_set_spte_atomic(root, 0, leaf) */
+    TOUCH(hpa[_pid]);
+    it_old = spt0[hpa[_pid]];
+    if
+      :: (it_old == REMOVED) -> goto L77
+      :: else -> if
+        :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+        TOUCH(it_pt);
+        it_old = spt0[it_pt];
+        if
+          :: (it_old == REMOVED) -> goto L77
+          :: else -> if
+            :: (it_old == LEAF) -> ret = RET_PF_SPURIOUS;
+            goto L77
+            :: else -> goto L76
+          fi
+        fi
+        :: else -> NEW_OBJ(sp);
+        goto L75
+      fi
+    fi }
+L75: /* try_cmpxchg64(root[0], 0 -> table) */
   atomic { TOUCH(hpa[_pid]);
-    assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
-    r_spte[hpa[_pid]] = 1;
-    goto L70 }
-L70: /* rcu_read_unlock() */
+    if
+      :: (spt0[hpa[_pid]] != it_old) -> it_old = spt0[hpa[_pid]];
+      o_freed[sp] = 1  /* tdp_mmu_free_sp() */;
+      goto L77
+      :: else -> spt0[hpa[_pid]] = sp;
+      tdp_pages++;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      it_pt = sp;
+      it_old = spt0[it_pt];
+      goto L76
+    fi }
+L76: /* try_cmpxchg64(table[0], 0 -> leaf) */
+  atomic { TOUCH(it_pt);
+    if
+      :: (spt0[it_pt] != it_old) -> goto L77
+      :: else -> spt0[it_pt] = LEAF;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      ret = RET_PF_FIXED;
+      goto L77
+    fi }
+L77: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L71 }
-L71: /* read_unlock(mmu_lock) */
+    it_pt = 0;
+    it_old = 0;
+    sp = 0;
+    goto L78 }
+L78: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L72 }
-L72: /* kvm_put_kvm() */
+    goto L79 }
+L79: /* put_page(page0) */
+  atomic { pg_ref--;
+    assert(pg_ref > 0)  /* the mm's reference */;
+    ret = 0;
+    goto L80 }
+L80: /* kvm_put_kvm() */
   atomic { users--;
     goto Lend }
 Lend: end_done: false
 }
 
 active proctype memslot() {
-  byte root, pos; bit snap, ch;
+  byte root, pos, it_pt, it_old, xold;
 L0: /* lock(slots_lock) */
   atomic { (slots_lock == NOBODY);
     assert(slots_lock != _pid);
@@ -872,9 +998,9 @@ L16: /* rcu_read_unlock() */
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
         goto L17
-        :: else -> goto L30
+        :: else -> goto L38
       fi
-      :: else -> goto L98
+      :: else -> goto L122
     fi }
 L17: /* refcount_read(root) */
   atomic { TOUCH(root);
@@ -885,162 +1011,339 @@ L18: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L19
-      :: else -> goto L24
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L19
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L32
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L32
+          fi
+        fi
+      fi
     fi }
-L19: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L19: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L20
-      :: else -> ch = 0;
-      goto L23
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L32
+        fi
+      fi
     fi }
-L20: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L21 }
-L21: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L22 }
-L22: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L23 }
-L23: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L20: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L21 }
+L21: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
-    goto L24 }
-L24: /* rcu_read_unlock() */
+    goto L22 }
+L22: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L23 }
+L23: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L32
+      fi
+    fi }
+L24: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L25 }
+L25: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L26 }
+L26: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L27 }
+L27: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L32
+    fi }
+L28: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L29 }
+L29: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L30 }
+L30: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L31 }
+L31: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L32 }
+L32: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L25 }
-L25: /* refcount_dec_and_test(root) */
+    goto L33 }
+L33: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L26
-      :: else -> goto L30
+      goto L34
+      :: else -> goto L38
     fi }
-L26: /* lock(pages_lock) */
+L34: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L27 }
-L27: /* list_del_rcu(root) */
+    goto L35 }
+L35: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L28 }
-L28: /* unlock(pages_lock) */
+    goto L36 }
+L36: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L29 }
-L29: /* call_rcu(root) */
+    goto L37 }
+L37: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    goto L30 }
-L30: /* rcu_read_lock() */
+    goto L38 }
+L38: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L31 }
-L31: /* list_next_or_null_rcu(root) */
+    goto L39 }
+L39: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L32
-      :: else -> goto L38
+      :: (pos != 0) -> goto L40
+      :: else -> goto L46
     fi }
-L32: /* refcount_inc_not_zero(pos) */
+L40: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L38
-      :: else -> goto L33
+      :: (r_ref[pos] != 0) -> goto L46
+      :: else -> goto L41
     fi }
-L33: /* list_next_or_null_rcu(pos) */
+L41: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L34
-      :: else -> goto L38
+      :: (pos != 0) -> goto L42
+      :: else -> goto L46
     fi }
-L34: /* refcount_inc_not_zero(pos) */
+L42: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L38
-      :: else -> goto L35
+      :: (r_ref[pos] != 0) -> goto L46
+      :: else -> goto L43
     fi }
-L35: /* list_next_or_null_rcu(pos) */
+L43: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L36
-      :: else -> goto L38
+      :: (pos != 0) -> goto L44
+      :: else -> goto L46
     fi }
-L36: /* refcount_inc_not_zero(pos) */
+L44: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L38
-      :: else -> goto L37
+      :: (r_ref[pos] != 0) -> goto L46
+      :: else -> goto L45
     fi }
-L37: /* list_next_or_null_rcu(pos) */
+L45: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L38: /* rcu_read_unlock() */
+L46: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L39 }
-L39: /* refcount_dec_and_test(root) */
+    goto L47 }
+L47: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L40
+      goto L48
       :: else -> root = pos;
       pos = 0;
       if
@@ -1049,26 +1352,26 @@ L39: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L44
-          :: else -> goto L57
+          goto L52
+          :: else -> goto L73
         fi
-        :: else -> goto L98
+        :: else -> goto L122
       fi
     fi }
-L40: /* lock(pages_lock) */
+L48: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L41 }
-L41: /* list_del_rcu(root) */
+    goto L49 }
+L49: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L42 }
-L42: /* unlock(pages_lock) */
+    goto L50 }
+L50: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L43 }
-L43: /* call_rcu(root) */
+    goto L51 }
+L51: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -1078,176 +1381,353 @@ L43: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L44
-        :: else -> goto L57
+        goto L52
+        :: else -> goto L73
       fi
-      :: else -> goto L98
+      :: else -> goto L122
     fi }
-L44: /* refcount_read(root) */
+L52: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L45 }
-L45: /* rcu_read_lock() */
+    goto L53 }
+L53: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L46
-      :: else -> goto L51
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L54
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L55
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L67
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L55
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L67
+          fi
+        fi
+      fi
     fi }
-L46: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L54: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L47
-      :: else -> ch = 0;
-      goto L50
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L55
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L67
+        fi
+      fi
     fi }
-L47: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L48 }
-L48: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L49 }
-L49: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L50 }
-L50: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L55: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L51 }
-L51: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L52 }
-L52: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L53
-      :: else -> goto L57
-    fi }
-L53: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L54 }
-L54: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L55 }
-L55: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
     goto L56 }
-L56: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
+L56: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
     goto L57 }
-L57: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
+L57: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
     goto L58 }
-L58: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
+L58: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
     TOUCH(root);
-    pos = nxt[root];
+    it_old = spt0[root];
     if
-      :: (pos != 0) -> goto L59
-      :: else -> goto L65
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L67
+      fi
     fi }
-L59: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
+L59: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L60 }
+L60: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
+    goto L61 }
+L61: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
     if
-      :: (r_ref[pos] != 0) -> goto L65
-      :: else -> goto L60
-    fi }
-L60: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L61
-      :: else -> goto L65
-    fi }
-L61: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
+    goto L62 }
+L62: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (r_ref[pos] != 0) -> goto L65
-      :: else -> goto L62
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L67
     fi }
-L62: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
+L63: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L64 }
+L64: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-      :: (pos != 0) -> goto L63
-      :: else -> goto L65
-    fi }
-L63: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
+    goto L65 }
+L65: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
     if
-      :: (r_ref[pos] != 0) -> goto L65
-      :: else -> goto L64
-    fi }
-L64: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L65: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
     goto L66 }
-L66: /* refcount_dec_and_test(root) */
+L66: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L67 }
+L67: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
+    goto L68 }
+L68: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L67
+      goto L69
+      :: else -> goto L73
+    fi }
+L69: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L70 }
+L70: /* list_del_rcu(root) */
+  atomic { TOUCH(root);
+    LIST_DEL(root);
+    goto L71 }
+L71: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L72 }
+L72: /* call_rcu(root) */
+  atomic { CALL_RCU(root);
+    goto L73 }
+L73: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L74 }
+L74: /* list_next_or_null_rcu(root) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(root);
+    pos = nxt[root];
+    if
+      :: (pos != 0) -> goto L75
+      :: else -> goto L81
+    fi }
+L75: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L81
+      :: else -> goto L76
+    fi }
+L76: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L77
+      :: else -> goto L81
+    fi }
+L77: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L81
+      :: else -> goto L78
+    fi }
+L78: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L79
+      :: else -> goto L81
+    fi }
+L79: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L81
+      :: else -> goto L80
+    fi }
+L80: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    assert(false)  /* more than MAXR roots on the list */ }
+L81: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
+    goto L82 }
+L82: /* refcount_dec_and_test(root) */
+  atomic { TOUCH(root);
+    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
+    r_ref[root]--;
+    if
+      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L83
       :: else -> root = pos;
       pos = 0;
       if
@@ -1256,26 +1736,26 @@ L66: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L71
-          :: else -> goto L84
+          goto L87
+          :: else -> goto L108
         fi
-        :: else -> goto L98
+        :: else -> goto L122
       fi
     fi }
-L67: /* lock(pages_lock) */
+L83: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L68 }
-L68: /* list_del_rcu(root) */
+    goto L84 }
+L84: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L69 }
-L69: /* unlock(pages_lock) */
+    goto L85 }
+L85: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L70 }
-L70: /* call_rcu(root) */
+    goto L86 }
+L86: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -1285,216 +1765,393 @@ L70: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L71
-        :: else -> goto L84
+        goto L87
+        :: else -> goto L108
       fi
-      :: else -> goto L98
+      :: else -> goto L122
     fi }
-L71: /* refcount_read(root) */
+L87: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L72 }
-L72: /* rcu_read_lock() */
+    goto L88 }
+L88: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L73
-      :: else -> goto L78
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L89
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L90
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L102
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L90
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L102
+          fi
+        fi
+      fi
     fi }
-L73: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L89: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L74
-      :: else -> ch = 0;
-      goto L77
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L90
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L102
+        fi
+      fi
     fi }
-L74: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L75 }
-L75: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L76 }
-L76: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L77 }
-L77: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L90: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L91 }
+L91: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
-    goto L78 }
-L78: /* rcu_read_unlock() */
+    goto L92 }
+L92: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L93 }
+L93: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L102
+      fi
+    fi }
+L94: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L95 }
+L95: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L96 }
+L96: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L97 }
+L97: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L102
+    fi }
+L98: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L99 }
+L99: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L100 }
+L100: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L101 }
+L101: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L102 }
+L102: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L79 }
-L79: /* refcount_dec_and_test(root) */
+    goto L103 }
+L103: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L80
-      :: else -> goto L84
+      goto L104
+      :: else -> goto L108
     fi }
-L80: /* lock(pages_lock) */
+L104: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L81 }
-L81: /* list_del_rcu(root) */
+    goto L105 }
+L105: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L82 }
-L82: /* unlock(pages_lock) */
+    goto L106 }
+L106: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L83 }
-L83: /* call_rcu(root) */
+    goto L107 }
+L107: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    goto L84 }
-L84: /* rcu_read_lock() */
+    goto L108 }
+L108: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L85 }
-L85: /* list_next_or_null_rcu(root) */
+    goto L109 }
+L109: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L86
-      :: else -> goto L92
+      :: (pos != 0) -> goto L110
+      :: else -> goto L116
     fi }
-L86: /* refcount_inc_not_zero(pos) */
+L110: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L92
-      :: else -> goto L87
+      :: (r_ref[pos] != 0) -> goto L116
+      :: else -> goto L111
     fi }
-L87: /* list_next_or_null_rcu(pos) */
+L111: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L88
-      :: else -> goto L92
+      :: (pos != 0) -> goto L112
+      :: else -> goto L116
     fi }
-L88: /* refcount_inc_not_zero(pos) */
+L112: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L92
-      :: else -> goto L89
+      :: (r_ref[pos] != 0) -> goto L116
+      :: else -> goto L113
     fi }
-L89: /* list_next_or_null_rcu(pos) */
+L113: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L90
-      :: else -> goto L92
+      :: (pos != 0) -> goto L114
+      :: else -> goto L116
     fi }
-L90: /* refcount_inc_not_zero(pos) */
+L114: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L92
-      :: else -> goto L91
+      :: (r_ref[pos] != 0) -> goto L116
+      :: else -> goto L115
     fi }
-L91: /* list_next_or_null_rcu(pos) */
+L115: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L92: /* rcu_read_unlock() */
+L116: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L93 }
-L93: /* refcount_dec_and_test(root) */
+    goto L117 }
+L117: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L94
+      goto L118
       :: else -> root = pos;
       pos = 0;
       assert(false)
     fi }
-L94: /* lock(pages_lock) */
+L118: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L95 }
-L95: /* list_del_rcu(root) */
+    goto L119 }
+L119: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L96 }
-L96: /* unlock(pages_lock) */
+    goto L120 }
+L120: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L97 }
-L97: /* call_rcu(root) */
+    goto L121 }
+L121: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
     assert(false) }
-L98: /* read_unlock(mmu_lock) */
+L122: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     FAST_ZAP_COMPLETE();
-    goto L99 }
-L99: /* unlock(slots_lock) */
+    goto L123 }
+L123: /* unlock(slots_lock) */
   atomic { assert(slots_lock == _pid);
     slots_lock = NOBODY;
-    goto L100 }
-L100: /* kvm_put_kvm() */
+    goto L124 }
+L124: /* kvm_put_kvm() */
   atomic { users--;
     goto Lend }
 Lend: end_done: false
 }
 
 active proctype destroy() {
-  byte root, pos; bit snap, ch;
+  byte root, pos, it_pt, it_old, xold;
 L0: /* wait_event(users_count == 0) */
   atomic { (users == 0);
     goto L1 }
@@ -1585,7 +2242,7 @@ L11: /* rcu_read_unlock() */
     pos = 0;
     if
       :: (root != 0) -> goto L12
-      :: else -> goto L81
+      :: else -> goto L72
     fi }
 L12: /* refcount_read(root) */
   atomic { TOUCH(root);
@@ -1596,408 +2253,1127 @@ L13: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L14
-      :: else -> goto L20
-    fi }
-L14: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[it_pt] = 0;
+        pg_referenced = 1;
+        it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L15
-      :: else -> ch = 0;
-      goto L19
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L14
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L15
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L16
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L17
+            fi
+          fi
+        fi
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L14
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L15
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L16
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L17
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L14
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L15
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L16
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L17
+          fi
+        fi
+      fi
     fi }
-L15: /* rcu_read_unlock() + cond_resched_rwlock_write */
+L14: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L15
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L16
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L17
+      fi
+    fi }
+L15: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L16
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L17
+    fi }
+L16: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L17 }
+L17: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    assert(wr == _pid);
-    wr = NOBODY;
-    goto L16 }
-L16: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L17
-      :: else -> goto L18
-    fi }
-L17: /* write_lock(mmu_lock) (queued) */
-  atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
-    wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
-    wr = _pid;
     goto L18 }
 L18: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     goto L19 }
-L19: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L20 }
-L20: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L21 }
-L21: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L22 }
-L22: /* list_next_or_null_rcu(root) */
+L19: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L23
-      :: else -> goto L29
-    fi }
-L23: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L29
-      :: else -> goto L24
-    fi }
-L24: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L25
-      :: else -> goto L29
-    fi }
-L25: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L29
+      :: (pos != 0) -> goto L20
       :: else -> goto L26
     fi }
-L26: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L27
-      :: else -> goto L29
-    fi }
-L27: /* refcount_inc_not_zero(pos) */
+L20: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L29
-      :: else -> goto L28
+      :: (r_ref[pos] != 0) -> goto L26
+      :: else -> goto L21
     fi }
-L28: /* list_next_or_null_rcu(pos) */
+L21: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L22
+      :: else -> goto L26
+    fi }
+L22: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L26
+      :: else -> goto L23
+    fi }
+L23: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L24
+      :: else -> goto L26
+    fi }
+L24: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L26
+      :: else -> goto L25
+    fi }
+L25: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L29: /* rcu_read_unlock() */
+L26: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L30 }
-L30: /* refcount_dec_and_test(root) */
+    goto L27 }
+L27: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L31
+      goto L28
       :: else -> root = pos;
       pos = 0;
       if
-        :: (root != 0) -> goto L35
-        :: else -> goto L81
+        :: (root != 0) -> goto L32
+        :: else -> goto L72
       fi
     fi }
-L31: /* lock(pages_lock) */
+L28: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L32 }
-L32: /* list_del_rcu(root) */
+    goto L29 }
+L29: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L33 }
-L33: /* unlock(pages_lock) */
+    goto L30 }
+L30: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L34 }
-L34: /* call_rcu(root) */
+    goto L31 }
+L31: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
     if
-      :: (root != 0) -> goto L35
-      :: else -> goto L81
+      :: (root != 0) -> goto L32
+      :: else -> goto L72
     fi }
-L35: /* refcount_read(root) */
+L32: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(wr == _pid);
-    goto L36 }
-L36: /* rcu_read_lock() */
+    goto L33 }
+L33: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L37
-      :: else -> goto L43
-    fi }
-L37: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[it_pt] = 0;
+        pg_referenced = 1;
+        it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L38
-      :: else -> ch = 0;
-      goto L42
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L34
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L35
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L36
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L37
+            fi
+          fi
+        fi
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L34
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L35
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L36
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L37
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L34
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L35
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L36
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L37
+          fi
+        fi
+      fi
     fi }
-L38: /* rcu_read_unlock() + cond_resched_rwlock_write */
+L34: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L35
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L36
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L37
+      fi
+    fi }
+L35: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L36
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L37
+    fi }
+L36: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L37 }
+L37: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    assert(wr == _pid);
-    wr = NOBODY;
+    goto L38 }
+L38: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
     goto L39 }
-L39: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L40
-      :: else -> goto L41
-    fi }
-L40: /* write_lock(mmu_lock) (queued) */
-  atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
-    wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
-    wr = _pid;
-    goto L41 }
-L41: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L42 }
-L42: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L43 }
-L43: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L44 }
-L44: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L45 }
-L45: /* list_next_or_null_rcu(root) */
+L39: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L46
-      :: else -> goto L52
+      :: (pos != 0) -> goto L40
+      :: else -> goto L46
     fi }
-L46: /* refcount_inc_not_zero(pos) */
+L40: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L52
-      :: else -> goto L47
+      :: (r_ref[pos] != 0) -> goto L46
+      :: else -> goto L41
     fi }
-L47: /* list_next_or_null_rcu(pos) */
+L41: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L48
-      :: else -> goto L52
+      :: (pos != 0) -> goto L42
+      :: else -> goto L46
     fi }
-L48: /* refcount_inc_not_zero(pos) */
+L42: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L52
-      :: else -> goto L49
+      :: (r_ref[pos] != 0) -> goto L46
+      :: else -> goto L43
     fi }
-L49: /* list_next_or_null_rcu(pos) */
+L43: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L50
-      :: else -> goto L52
+      :: (pos != 0) -> goto L44
+      :: else -> goto L46
     fi }
-L50: /* refcount_inc_not_zero(pos) */
+L44: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L52
-      :: else -> goto L51
+      :: (r_ref[pos] != 0) -> goto L46
+      :: else -> goto L45
     fi }
-L51: /* list_next_or_null_rcu(pos) */
+L45: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L52: /* rcu_read_unlock() */
+L46: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L53 }
-L53: /* refcount_dec_and_test(root) */
+    goto L47 }
+L47: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L54
+      goto L48
       :: else -> root = pos;
       pos = 0;
       if
-        :: (root != 0) -> goto L58
-        :: else -> goto L81
+        :: (root != 0) -> goto L52
+        :: else -> goto L72
       fi
     fi }
-L54: /* lock(pages_lock) */
+L48: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L55 }
-L55: /* list_del_rcu(root) */
+    goto L49 }
+L49: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L56 }
-L56: /* unlock(pages_lock) */
+    goto L50 }
+L50: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L57 }
-L57: /* call_rcu(root) */
+    goto L51 }
+L51: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
     if
-      :: (root != 0) -> goto L58
-      :: else -> goto L81
+      :: (root != 0) -> goto L52
+      :: else -> goto L72
     fi }
-L58: /* refcount_read(root) */
+L52: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(wr == _pid);
-    goto L59 }
-L59: /* rcu_read_lock() */
+    goto L53 }
+L53: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L60
-      :: else -> goto L66
-    fi }
-L60: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[it_pt] = 0;
+        pg_referenced = 1;
+        it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L61
-      :: else -> ch = 0;
-      goto L65
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L54
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L55
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L56
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L57
+            fi
+          fi
+        fi
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L54
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L55
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L56
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L57
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L54
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L55
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L56
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L57
+          fi
+        fi
+      fi
     fi }
-L61: /* rcu_read_unlock() + cond_resched_rwlock_write */
+L54: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L55
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L56
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L57
+      fi
+    fi }
+L55: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L56
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L57
+    fi }
+L56: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L57 }
+L57: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    assert(wr == _pid);
-    wr = NOBODY;
-    goto L62 }
-L62: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L63
-      :: else -> goto L64
-    fi }
-L63: /* write_lock(mmu_lock) (queued) */
-  atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
-    wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
-    wr = _pid;
-    goto L64 }
-L64: /* rcu_read_lock() */
+    goto L58 }
+L58: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L65 }
-L65: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
+    goto L59 }
+L59: /* list_next_or_null_rcu(root) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(root);
+    pos = nxt[root];
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
+      :: (pos != 0) -> goto L60
+      :: else -> goto L66
+    fi }
+L60: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
   fi;
-    snap = 0;
-    goto L66 }
+    if
+      :: (r_ref[pos] != 0) -> goto L66
+      :: else -> goto L61
+    fi }
+L61: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L62
+      :: else -> goto L66
+    fi }
+L62: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L66
+      :: else -> goto L63
+    fi }
+L63: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L64
+      :: else -> goto L66
+    fi }
+L64: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L66
+      :: else -> goto L65
+    fi }
+L65: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    assert(false)  /* more than MAXR roots on the list */ }
 L66: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
@@ -2006,365 +3382,294 @@ L66: /* rcu_read_unlock() */
   :: else
   fi;
     goto L67 }
-L67: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L68 }
-L68: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L69
-      :: else -> goto L75
-    fi }
-L69: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L75
-      :: else -> goto L70
-    fi }
-L70: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L71
-      :: else -> goto L75
-    fi }
-L71: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L75
-      :: else -> goto L72
-    fi }
-L72: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L73
-      :: else -> goto L75
-    fi }
-L73: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L75
-      :: else -> goto L74
-    fi }
-L74: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L75: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L76 }
-L76: /* refcount_dec_and_test(root) */
+L67: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L77
+      goto L68
       :: else -> root = pos;
       pos = 0;
       assert(false)
     fi }
-L77: /* lock(pages_lock) */
+L68: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L78 }
-L78: /* list_del_rcu(root) */
+    goto L69 }
+L69: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L79 }
-L79: /* unlock(pages_lock) */
+    goto L70 }
+L70: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L80 }
-L80: /* call_rcu(root) */
+    goto L71 }
+L71: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
     assert(false) }
-L81: /* write_unlock(mmu_lock) */
+L72: /* write_unlock(mmu_lock) */
   atomic { assert(wr == _pid);
     wr = NOBODY;
     if
-      :: (0 < N && hpa[0] != 0) -> goto L82
+      :: (0 < N && hpa[0] != 0) -> goto L73
       :: else -> if
-        :: (1 < N && hpa[1] != 0) -> goto L89
+        :: (1 < N && hpa[1] != 0) -> goto L80
         :: else -> if
-          :: (2 < N && hpa[2] != 0) -> goto L96
+          :: (2 < N && hpa[2] != 0) -> goto L87
           :: else -> if
-            :: (3 < N && hpa[3] != 0) -> goto L103
-            :: else -> goto L110
+            :: (3 < N && hpa[3] != 0) -> goto L94
+            :: else -> goto L101
           fi
         fi
       fi
     fi }
-L82: /* read_lock(mmu_lock) */
+L73: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L83 }
-L83: /* refcount_dec_and_test(hpa[0]) */
+    goto L74 }
+L74: /* refcount_dec_and_test(hpa[0]) */
   atomic { TOUCH(hpa[0]);
     assert(r_ref[hpa[0]] > 0)  /* underflow; use-after-free */;
     r_ref[hpa[0]]--;
     if
       :: (r_ref[hpa[0]] == 0) -> assert(r_invalid[hpa[0]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L84
+      goto L75
       :: else -> hpa[0] = 0;
-      goto L88
+      goto L79
     fi }
-L84: /* lock(pages_lock) */
+L75: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L85 }
-L85: /* list_del_rcu(hpa[0]) */
+    goto L76 }
+L76: /* list_del_rcu(hpa[0]) */
   atomic { TOUCH(hpa[0]);
     LIST_DEL(hpa[0]);
-    goto L86 }
-L86: /* unlock(pages_lock) */
+    goto L77 }
+L77: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L87 }
-L87: /* call_rcu(hpa[0]) */
+    goto L78 }
+L78: /* call_rcu(hpa[0]) */
   atomic { CALL_RCU(hpa[0]);
     hpa[0] = 0;
-    goto L88 }
-L88: /* read_unlock(mmu_lock) */
+    goto L79 }
+L79: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     if
-      :: (1 < N && hpa[1] != 0) -> goto L89
+      :: (1 < N && hpa[1] != 0) -> goto L80
       :: else -> if
-        :: (2 < N && hpa[2] != 0) -> goto L96
+        :: (2 < N && hpa[2] != 0) -> goto L87
         :: else -> if
-          :: (3 < N && hpa[3] != 0) -> goto L103
-          :: else -> goto L110
+          :: (3 < N && hpa[3] != 0) -> goto L94
+          :: else -> goto L101
         fi
       fi
     fi }
-L89: /* read_lock(mmu_lock) */
+L80: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L90 }
-L90: /* refcount_dec_and_test(hpa[1]) */
+    goto L81 }
+L81: /* refcount_dec_and_test(hpa[1]) */
   atomic { TOUCH(hpa[1]);
     assert(r_ref[hpa[1]] > 0)  /* underflow; use-after-free */;
     r_ref[hpa[1]]--;
     if
       :: (r_ref[hpa[1]] == 0) -> assert(r_invalid[hpa[1]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L91
+      goto L82
       :: else -> hpa[1] = 0;
-      goto L95
+      goto L86
     fi }
-L91: /* lock(pages_lock) */
+L82: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L92 }
-L92: /* list_del_rcu(hpa[1]) */
+    goto L83 }
+L83: /* list_del_rcu(hpa[1]) */
   atomic { TOUCH(hpa[1]);
     LIST_DEL(hpa[1]);
-    goto L93 }
-L93: /* unlock(pages_lock) */
+    goto L84 }
+L84: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L94 }
-L94: /* call_rcu(hpa[1]) */
+    goto L85 }
+L85: /* call_rcu(hpa[1]) */
   atomic { CALL_RCU(hpa[1]);
     hpa[1] = 0;
-    goto L95 }
-L95: /* read_unlock(mmu_lock) */
+    goto L86 }
+L86: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     if
-      :: (2 < N && hpa[2] != 0) -> goto L96
+      :: (2 < N && hpa[2] != 0) -> goto L87
       :: else -> if
-        :: (3 < N && hpa[3] != 0) -> goto L103
-        :: else -> goto L110
+        :: (3 < N && hpa[3] != 0) -> goto L94
+        :: else -> goto L101
       fi
     fi }
-L96: /* read_lock(mmu_lock) */
+L87: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L97 }
-L97: /* refcount_dec_and_test(hpa[2]) */
+    goto L88 }
+L88: /* refcount_dec_and_test(hpa[2]) */
   atomic { TOUCH(hpa[2]);
     assert(r_ref[hpa[2]] > 0)  /* underflow; use-after-free */;
     r_ref[hpa[2]]--;
     if
       :: (r_ref[hpa[2]] == 0) -> assert(r_invalid[hpa[2]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L98
+      goto L89
       :: else -> hpa[2] = 0;
-      goto L102
+      goto L93
     fi }
-L98: /* lock(pages_lock) */
+L89: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L99 }
-L99: /* list_del_rcu(hpa[2]) */
+    goto L90 }
+L90: /* list_del_rcu(hpa[2]) */
   atomic { TOUCH(hpa[2]);
     LIST_DEL(hpa[2]);
-    goto L100 }
-L100: /* unlock(pages_lock) */
+    goto L91 }
+L91: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L101 }
-L101: /* call_rcu(hpa[2]) */
+    goto L92 }
+L92: /* call_rcu(hpa[2]) */
   atomic { CALL_RCU(hpa[2]);
     hpa[2] = 0;
-    goto L102 }
-L102: /* read_unlock(mmu_lock) */
+    goto L93 }
+L93: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     if
-      :: (3 < N && hpa[3] != 0) -> goto L103
-      :: else -> goto L110
+      :: (3 < N && hpa[3] != 0) -> goto L94
+      :: else -> goto L101
     fi }
-L103: /* read_lock(mmu_lock) */
+L94: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L104 }
-L104: /* refcount_dec_and_test(hpa[3]) */
+    goto L95 }
+L95: /* refcount_dec_and_test(hpa[3]) */
   atomic { TOUCH(hpa[3]);
     assert(r_ref[hpa[3]] > 0)  /* underflow; use-after-free */;
     r_ref[hpa[3]]--;
     if
       :: (r_ref[hpa[3]] == 0) -> assert(r_invalid[hpa[3]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L105
+      goto L96
       :: else -> hpa[3] = 0;
-      goto L109
+      goto L100
     fi }
-L105: /* lock(pages_lock) */
+L96: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L106 }
-L106: /* list_del_rcu(hpa[3]) */
+    goto L97 }
+L97: /* list_del_rcu(hpa[3]) */
   atomic { TOUCH(hpa[3]);
     LIST_DEL(hpa[3]);
-    goto L107 }
-L107: /* unlock(pages_lock) */
+    goto L98 }
+L98: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L108 }
-L108: /* call_rcu(hpa[3]) */
+    goto L99 }
+L99: /* call_rcu(hpa[3]) */
   atomic { CALL_RCU(hpa[3]);
     hpa[3] = 0;
-    goto L109 }
-L109: /* read_unlock(mmu_lock) */
+    goto L100 }
+L100: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L110 }
-L110: /* kvm_tdp_mmu_invalidate_all_roots: walk roots */
+    goto L101 }
+L101: /* kvm_tdp_mmu_invalidate_all_roots: walk roots */
   atomic { INVALIDATE_ALL();
     CHECK_ROOTS();
-    goto L111 }
-L111: /* read_lock(mmu_lock) */
+    goto L102 }
+L102: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L112 }
-L112: /* rcu_read_lock() */
+    goto L103 }
+L103: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L113 }
-L113: /* list_first_or_null_rcu() */
+    goto L104 }
+L104: /* list_first_or_null_rcu() */
   atomic { assert(rcu_depth[_pid] > 0);
     pos = nxt[0];
     if
-      :: (pos != 0) -> goto L114
-      :: else -> goto L120
+      :: (pos != 0) -> goto L105
+      :: else -> goto L111
     fi }
-L114: /* refcount_inc_not_zero(pos) */
+L105: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L120
-      :: else -> goto L115
+      :: (r_ref[pos] != 0) -> goto L111
+      :: else -> goto L106
     fi }
-L115: /* list_next_or_null_rcu(pos) */
+L106: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L116
-      :: else -> goto L120
+      :: (pos != 0) -> goto L107
+      :: else -> goto L111
     fi }
-L116: /* refcount_inc_not_zero(pos) */
+L107: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L120
-      :: else -> goto L117
+      :: (r_ref[pos] != 0) -> goto L111
+      :: else -> goto L108
     fi }
-L117: /* list_next_or_null_rcu(pos) */
+L108: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L118
-      :: else -> goto L120
+      :: (pos != 0) -> goto L109
+      :: else -> goto L111
     fi }
-L118: /* refcount_inc_not_zero(pos) */
+L109: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L120
-      :: else -> goto L119
+      :: (r_ref[pos] != 0) -> goto L111
+      :: else -> goto L110
     fi }
-L119: /* list_next_or_null_rcu(pos) */
+L110: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L120: /* rcu_read_unlock() */
+L111: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -2379,176 +3684,353 @@ L120: /* rcu_read_unlock() */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L121
-        :: else -> goto L134
+        goto L112
+        :: else -> goto L133
       fi
-      :: else -> goto L202
+      :: else -> goto L217
     fi }
-L121: /* refcount_read(root) */
+L112: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L122 }
-L122: /* rcu_read_lock() */
+    goto L113 }
+L113: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L123
-      :: else -> goto L128
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L114
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L115
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L127
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L115
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L127
+          fi
+        fi
+      fi
     fi }
-L123: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L114: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L124
-      :: else -> ch = 0;
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L115
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L127
+        fi
+      fi
+    fi }
+L115: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L116 }
+L116: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L117 }
+L117: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L118 }
+L118: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L127
+      fi
+    fi }
+L119: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L120 }
+L120: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L121 }
+L121: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L122 }
+L122: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
       goto L127
     fi }
-L124: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L125 }
-L125: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L126 }
-L126: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L127 }
-L127: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L123: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L124 }
+L124: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
-    goto L128 }
-L128: /* rcu_read_unlock() */
+    goto L125 }
+L125: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L126 }
+L126: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L127 }
+L127: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L129 }
-L129: /* refcount_dec_and_test(root) */
+    goto L128 }
+L128: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L130
-      :: else -> goto L134
+      goto L129
+      :: else -> goto L133
     fi }
-L130: /* lock(pages_lock) */
+L129: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L131 }
-L131: /* list_del_rcu(root) */
+    goto L130 }
+L130: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L132 }
-L132: /* unlock(pages_lock) */
+    goto L131 }
+L131: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L133 }
-L133: /* call_rcu(root) */
+    goto L132 }
+L132: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    goto L134 }
-L134: /* rcu_read_lock() */
+    goto L133 }
+L133: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L135 }
-L135: /* list_next_or_null_rcu(root) */
+    goto L134 }
+L134: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L136
-      :: else -> goto L142
-    fi }
-L136: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L142
-      :: else -> goto L137
-    fi }
-L137: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L138
-      :: else -> goto L142
-    fi }
-L138: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L142
-      :: else -> goto L139
-    fi }
-L139: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L140
-      :: else -> goto L142
-    fi }
-L140: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L142
+      :: (pos != 0) -> goto L135
       :: else -> goto L141
     fi }
-L141: /* list_next_or_null_rcu(pos) */
+L135: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L141
+      :: else -> goto L136
+    fi }
+L136: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L137
+      :: else -> goto L141
+    fi }
+L137: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L141
+      :: else -> goto L138
+    fi }
+L138: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L139
+      :: else -> goto L141
+    fi }
+L139: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L141
+      :: else -> goto L140
+    fi }
+L140: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L142: /* rcu_read_unlock() */
+L141: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L143 }
-L143: /* refcount_dec_and_test(root) */
+    goto L142 }
+L142: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L144
+      goto L143
       :: else -> root = pos;
       pos = 0;
       if
@@ -2557,26 +4039,26 @@ L143: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L148
-          :: else -> goto L161
+          goto L147
+          :: else -> goto L168
         fi
-        :: else -> goto L202
+        :: else -> goto L217
       fi
     fi }
-L144: /* lock(pages_lock) */
+L143: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L145 }
-L145: /* list_del_rcu(root) */
+    goto L144 }
+L144: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L146 }
-L146: /* unlock(pages_lock) */
+    goto L145 }
+L145: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L147 }
-L147: /* call_rcu(root) */
+    goto L146 }
+L146: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -2586,176 +4068,353 @@ L147: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L148
-        :: else -> goto L161
+        goto L147
+        :: else -> goto L168
       fi
-      :: else -> goto L202
+      :: else -> goto L217
     fi }
-L148: /* refcount_read(root) */
+L147: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L149 }
-L149: /* rcu_read_lock() */
+    goto L148 }
+L148: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L150
-      :: else -> goto L155
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L149
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L150
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L162
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L150
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L162
+          fi
+        fi
+      fi
     fi }
-L150: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L149: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L151
-      :: else -> ch = 0;
-      goto L154
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L150
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L162
+        fi
+      fi
     fi }
-L151: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L152 }
-L152: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L153 }
-L153: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L154 }
-L154: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L150: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L151 }
+L151: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
-    goto L155 }
-L155: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
+    goto L152 }
+L152: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
     if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L153 }
+L153: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L162
+      fi
+    fi }
+L154: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L155 }
+L155: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
     goto L156 }
-L156: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
+L156: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
     if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L157
-      :: else -> goto L161
-    fi }
-L157: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L158 }
-L158: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L159 }
-L159: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L160 }
-L160: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L161 }
-L161: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L162 }
-L162: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L157 }
+L157: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
     TOUCH(root);
-    pos = nxt[root];
+    it_old = spt0[root];
     if
-      :: (pos != 0) -> goto L163
-      :: else -> goto L169
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L162
     fi }
-L163: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
+L158: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L159 }
+L159: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
+    goto L160 }
+L160: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
     if
-      :: (r_ref[pos] != 0) -> goto L169
-      :: else -> goto L164
-    fi }
-L164: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L165
-      :: else -> goto L169
-    fi }
-L165: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L169
-      :: else -> goto L166
-    fi }
-L166: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L167
-      :: else -> goto L169
-    fi }
-L167: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L169
-      :: else -> goto L168
-    fi }
-L168: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L169: /* rcu_read_unlock() */
+    goto L161 }
+L161: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L162 }
+L162: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L170 }
-L170: /* refcount_dec_and_test(root) */
+    goto L163 }
+L163: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L171
+      goto L164
+      :: else -> goto L168
+    fi }
+L164: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L165 }
+L165: /* list_del_rcu(root) */
+  atomic { TOUCH(root);
+    LIST_DEL(root);
+    goto L166 }
+L166: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L167 }
+L167: /* call_rcu(root) */
+  atomic { CALL_RCU(root);
+    goto L168 }
+L168: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L169 }
+L169: /* list_next_or_null_rcu(root) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(root);
+    pos = nxt[root];
+    if
+      :: (pos != 0) -> goto L170
+      :: else -> goto L176
+    fi }
+L170: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L176
+      :: else -> goto L171
+    fi }
+L171: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L172
+      :: else -> goto L176
+    fi }
+L172: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L176
+      :: else -> goto L173
+    fi }
+L173: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L174
+      :: else -> goto L176
+    fi }
+L174: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L176
+      :: else -> goto L175
+    fi }
+L175: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    assert(false)  /* more than MAXR roots on the list */ }
+L176: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
+    goto L177 }
+L177: /* refcount_dec_and_test(root) */
+  atomic { TOUCH(root);
+    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
+    r_ref[root]--;
+    if
+      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L178
       :: else -> root = pos;
       pos = 0;
       if
@@ -2764,26 +4423,26 @@ L170: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L175
-          :: else -> goto L188
+          goto L182
+          :: else -> goto L203
         fi
-        :: else -> goto L202
+        :: else -> goto L217
       fi
     fi }
-L171: /* lock(pages_lock) */
+L178: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L172 }
-L172: /* list_del_rcu(root) */
+    goto L179 }
+L179: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L173 }
-L173: /* unlock(pages_lock) */
+    goto L180 }
+L180: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L174 }
-L174: /* call_rcu(root) */
+    goto L181 }
+L181: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -2793,205 +4452,383 @@ L174: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L175
-        :: else -> goto L188
+        goto L182
+        :: else -> goto L203
       fi
-      :: else -> goto L202
+      :: else -> goto L217
     fi }
-L175: /* refcount_read(root) */
+L182: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L176 }
-L176: /* rcu_read_lock() */
+    goto L183 }
+L183: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L177
-      :: else -> goto L182
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L184
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L185
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L197
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L185
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L197
+          fi
+        fi
+      fi
     fi }
-L177: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L184: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L178
-      :: else -> ch = 0;
-      goto L181
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L185
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L197
+        fi
+      fi
     fi }
-L178: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L179 }
-L179: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L180 }
-L180: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L181 }
-L181: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L185: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L186 }
+L186: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
-    goto L182 }
-L182: /* rcu_read_unlock() */
+    goto L187 }
+L187: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L188 }
+L188: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L197
+      fi
+    fi }
+L189: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L190 }
+L190: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L191 }
+L191: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L192 }
+L192: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L197
+    fi }
+L193: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L194 }
+L194: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L195 }
+L195: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L196 }
+L196: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L197 }
+L197: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L183 }
-L183: /* refcount_dec_and_test(root) */
+    goto L198 }
+L198: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L184
-      :: else -> goto L188
+      goto L199
+      :: else -> goto L203
     fi }
-L184: /* lock(pages_lock) */
+L199: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L185 }
-L185: /* list_del_rcu(root) */
+    goto L200 }
+L200: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L186 }
-L186: /* unlock(pages_lock) */
+    goto L201 }
+L201: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L187 }
-L187: /* call_rcu(root) */
+    goto L202 }
+L202: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    goto L188 }
-L188: /* rcu_read_lock() */
+    goto L203 }
+L203: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L189 }
-L189: /* list_next_or_null_rcu(root) */
+    goto L204 }
+L204: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L190
-      :: else -> goto L196
+      :: (pos != 0) -> goto L205
+      :: else -> goto L211
     fi }
-L190: /* refcount_inc_not_zero(pos) */
+L205: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L196
-      :: else -> goto L191
+      :: (r_ref[pos] != 0) -> goto L211
+      :: else -> goto L206
     fi }
-L191: /* list_next_or_null_rcu(pos) */
+L206: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L192
-      :: else -> goto L196
+      :: (pos != 0) -> goto L207
+      :: else -> goto L211
     fi }
-L192: /* refcount_inc_not_zero(pos) */
+L207: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L196
-      :: else -> goto L193
+      :: (r_ref[pos] != 0) -> goto L211
+      :: else -> goto L208
     fi }
-L193: /* list_next_or_null_rcu(pos) */
+L208: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L194
-      :: else -> goto L196
+      :: (pos != 0) -> goto L209
+      :: else -> goto L211
     fi }
-L194: /* refcount_inc_not_zero(pos) */
+L209: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L196
-      :: else -> goto L195
+      :: (r_ref[pos] != 0) -> goto L211
+      :: else -> goto L210
     fi }
-L195: /* list_next_or_null_rcu(pos) */
+L210: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     assert(false)  /* more than MAXR roots on the list */ }
-L196: /* rcu_read_unlock() */
+L211: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L197 }
-L197: /* refcount_dec_and_test(root) */
+    goto L212 }
+L212: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L198
+      goto L213
       :: else -> root = pos;
       pos = 0;
       assert(false)
     fi }
-L198: /* lock(pages_lock) */
+L213: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L199 }
-L199: /* list_del_rcu(root) */
+    goto L214 }
+L214: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L200 }
-L200: /* unlock(pages_lock) */
+    goto L215 }
+L215: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L201 }
-L201: /* call_rcu(root) */
+    goto L216 }
+L216: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
     assert(false) }
-L202: /* read_unlock(mmu_lock) */
+L217: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
+    assert(tdp_pages == 0)  /* WARN_ON(atomic64_read(&kvm->arch.tdp_mmu_pages)) */;
     assert(nxt[0] == 0)  /* WARN_ON(!list_empty(&kvm->arch.tdp_mmu_roots)) */;
-    goto L203 }
-L203: /* rcu_barrier() */
+    goto L218 }
+L218: /* rcu_barrier() */
   atomic { (ncb == 0);
     FINAL_CHECKS();
     goto Lend }
@@ -3000,16 +4837,16 @@ Lend: end_done: false
 
 
 /* rcu_callback_thread(): run the oldest callback whose grace period has elapsed;
-   tdp_mmu_free_sp_rcu_callback() frees the root (kfree) */
+   tdp_mmu_free_sp_rcu_callback() frees the root or table (kfree) */
 active proctype rcu() {
   byte k;
 end_rcu:
   do
   :: atomic { (CB_READY_ANY) ->
        k = 0; do :: cb_wait[k] == 0 -> break :: else -> k++ od;
-       r_freed[cb_root[k]] = 1;
-       do :: k + 1 < ncb -> cb_root[k] = cb_root[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
+       o_freed[cb_obj[k]] = 1;
+       do :: k + 1 < ncb -> cb_obj[k] = cb_obj[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
           :: else -> break od;
-       ncb--; cb_root[ncb] = 0; cb_wait[ncb] = 0; k = 0 }
+       ncb--; cb_obj[ncb] = 0; cb_wait[ncb] = 0; k = 0 }
   od
 }

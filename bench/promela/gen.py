@@ -11,8 +11,11 @@ How it is built. Every Python `yield Op(...)` becomes one step
 and all the plain (non-yielding) code that follows it run in that step, as they do in
 the Python engine; branches on what that code computed are `if`s at the end of the
 step that `goto` the label of the next step (a jump out of an atomic costs no SPIN
-state). Functions are inlined at each call site and loops over the roots list are
-unrolled (at most MAXR roots; walking further asserts). So a SPIN state is a state at
+state). Functions are inlined at each call site. A loop whose body has scheduling points
+(the walks of the roots list) is emitted once and closed by a back edge, so that each
+Python scheduling point is one Promela label in every iteration, as it is one program
+point in tdpmmu's frame fingerprint; loops without scheduling points are plain
+`do ... od` inside a step. So a SPIN state is a state at
 a scheduling point, as in tdpmmu; the thread-local variables are the Python frame
 locals that live across a point (root, pos, the tdp_iter's table and old_spte, the
 fault's new table and return value), reset when their frame returns.
@@ -30,7 +33,7 @@ branch here, exactly as in the Python model at --gfns 1.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MAXR = 2  # roots ever allocated: memslot-delete needs 2 (allocating a 3rd asserts)
@@ -62,15 +65,44 @@ class Thread:
         self.steps: list[Step] = []
         self.start: list[object] = []
         self.open: list[list[object]] = [self.start]
+        self.log: list[Step] = []  # the step of every step() call, in call order
+        self.cursor: Iterator[Step] | None = None  # replaying: step() reuses these
 
     def step(self, what: str, body: list[str] | str = (), guard: str | None = None) -> None:  # type: ignore[assignment]
+        if self.cursor is not None:  # the back edge of a loop: jump to the step emitted already
+            s = next(self.cursor)
+            assert s.what == what, (s.what, what)
+            for lst in self.open:
+                lst.append(Goto(s))
+            self.log.append(s)
+            self.open = []
+            return
         if isinstance(body, str):
             body = [body]
         s = Step(f"L{len(self.steps)}", guard, list(body), what)
         for lst in self.open:
             lst.append(Goto(s))
         self.steps.append(s)
+        self.log.append(s)
         self.open = [s.tail]
+
+    def loop(self, iteration: Callable[[], None]) -> None:
+        """A loop whose body has scheduling points: ``iteration`` emits the loop test and
+        the body, and ends where the next test begins. It is emitted once, then again from
+        its own end, where every step() jumps to the step the first pass emitted: each
+        Python scheduling point of the loop is one Promela label, whatever the iteration
+        (the plain code of the test is repeated in the tails that lead to it)."""
+        if self.cursor is not None:  # inside an enclosing loop's back edge: keep consuming
+            iteration()
+            iteration()
+            return
+        first = len(self.log)
+        iteration()
+        self.cursor = iter(self.log[first:])
+        iteration()
+        rest = next(self.cursor, None)
+        self.cursor = None
+        assert rest is None and not self.open, "a loop iteration must emit the same steps twice"
 
     def plain(self, *code: str) -> None:
         for lst in self.open:
@@ -201,9 +233,10 @@ def next_root(t: Thread, prev: str | None, only_valid: bool) -> None:
         t.step(f"list_next_or_null_rcu({prev})",
                ["assert(rcu_depth[_pid] > 0)", f"TOUCH({prev})", f"pos = nxt[{prev}]"])
     done: list[list[object]] = []
-    for _ in range(MAXR + 1):
+
+    def iteration() -> None:
         cand, none = t.split("pos != 0")
-        done += none
+        done.extend(none)
         t.open = cand
         skip: list[list[object]] = []
         if only_valid:
@@ -211,10 +244,11 @@ def next_root(t: Thread, prev: str | None, only_valid: bool) -> None:
             valid, skip = t.split("!r_invalid[pos]")
             t.open = valid
         got, failed = inc_not_zero(t, "pos")
-        done += got
+        done.extend(got)
         t.open = failed + skip
         t.step("list_next_or_null_rcu(pos)", ["assert(rcu_depth[_pid] > 0)", "TOUCH(pos)", "pos = nxt[pos]"])
-    t.plain("assert(false)  /* more than MAXR roots on the list */")
+
+    t.loop(iteration)
     t.open = done
     rcu_read_unlock(t)
     if prev is not None:
@@ -287,16 +321,18 @@ def invalidate_all_roots(t: Thread) -> None:
 
 
 def for_each_root_yield_safe(t: Thread, body: Callable[[], None]) -> None:
-    """The yield-safe iterator's expansion, unrolled: ``body`` runs with `root` set."""
+    """The yield-safe iterator's expansion: ``body`` runs with `root` set."""
     next_root(t, None, False)
     out: list[list[object]] = []
-    for _ in range(MAXR + 1):
+
+    def iteration() -> None:
         have, none = t.split("root != 0")
-        out += none
+        out.extend(none)
         t.open = have
         body()
         next_root(t, "root", False)
-    t.plain("assert(false)")
+
+    t.loop(iteration)
     t.open = out
 
 
@@ -326,25 +362,17 @@ def alloc_root(t: Thread) -> None:
     t.open = miss
     # tdp_mmu_alloc_root_slow()
     lock(t, "pages_lock")
-    t.plain("pos = nxt[0]")
-    hit: list[list[object]] = []
-    nohit: list[list[object]] = []
-    for _ in range(MAXR + 1):
-        cand, end = t.split("pos != 0")
-        nohit += end
-        t.open = cand
-        t.plain("TOUCH(pos)")
-        valid, inval = t.split("!r_invalid[pos]")
-        t.open = valid
-        ok, bad = inc_not_zero(t, "pos")
-        t.open = bad
-        t.plain("assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */")
-        t.open = ok
-        t.plain("root = pos")
-        hit += t.open
-        t.open = inval
-        t.plain("pos = nxt[pos]")
-    t.plain("assert(false)")
+    # list_for_each(): plain code up to the first valid root (role.word matches)
+    t.plain("pos = nxt[0]", "do\n  :: pos != 0 -> TOUCH(pos);\n"
+            "     if :: r_invalid[pos] -> pos = nxt[pos] :: else -> break fi\n  :: else -> break\n  od")
+    cand, nohit = t.split("pos != 0")
+    t.open = cand
+    ok, bad = inc_not_zero(t, "pos")
+    t.open = bad
+    t.plain("assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */")
+    t.open = ok
+    t.plain("root = pos")
+    hit = t.open
     t.open = nohit
     t.plain("pos = 0", "NEW_OBJ(root)", "o_root[root] = 1", "nroots++",
             "assert(nroots <= MAXR)")  # tdp_mmu_alloc_sp
@@ -654,10 +682,21 @@ RCU_DAEMON = r"""
    tdp_mmu_free_sp_rcu_callback() frees the root or table (kfree) */
 active proctype rcu() {
   byte k;
+#ifdef PY_LOCALS
+  /* The Python daemon's frame keeps the locals of the last batch it ran (pending,
+     i, obj, fn, _, result: python's frame fingerprint hashes them, dead or not). Only
+     for the equivalence check, with spin -o1 (no dead-variable reset): see docs/design.md. */
+  byte py_pending_obj[MAXCB], py_pending_wait[MAXCB], py_npending, py_i, py_obj;
+#endif
 end_rcu:
   do
   :: atomic { (CB_READY_ANY) ->
        k = 0; do :: cb_wait[k] == 0 -> break :: else -> k++ od;
+#ifdef PY_LOCALS
+       py_npending = ncb; py_i = k; py_obj = cb_obj[k];
+       i = 0; do :: i < MAXCB -> py_pending_obj[i] = cb_obj[i]; py_pending_wait[i] = cb_wait[i]; i++
+              :: else -> break od; i = 0;
+#endif
        o_freed[cb_obj[k]] = 1;
        do :: k + 1 < ncb -> cb_obj[k] = cb_obj[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
           :: else -> break od;

@@ -147,7 +147,7 @@ L0: /* kvm_request_pending(vcpu) */
       :: (req[_pid]) -> goto L1
       :: else -> if
         :: (hpa[_pid] == 0) -> goto L10
-        :: else -> goto L28
+        :: else -> goto L22
       fi
     fi }
 L1: /* kvm_check_request(KVM_REQ_VM_DEAD) */
@@ -160,12 +160,12 @@ L2: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
         :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L3
         :: else -> if
           :: (hpa[_pid] == 0) -> goto L10
-          :: else -> goto L28
+          :: else -> goto L22
         fi
       fi
       :: else -> if
         :: (hpa[_pid] == 0) -> goto L10
-        :: else -> goto L28
+        :: else -> goto L22
       fi
     fi }
 L3: /* read_lock(mmu_lock) */
@@ -208,7 +208,7 @@ L9: /* read_unlock(mmu_lock) */
     nrd--;
     if
       :: (hpa[_pid] == 0) -> goto L10
-      :: else -> goto L28
+      :: else -> goto L22
     fi }
 L10: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
@@ -229,7 +229,7 @@ L12: /* list_first_or_null_rcu() */
         :: (!r_invalid[pos]) -> goto L13
         :: else -> goto L14
       fi
-      :: else -> goto L19
+      :: else -> goto L15
     fi }
 L13: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -238,7 +238,7 @@ L13: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L19
+      :: (r_ref[pos] != 0) -> goto L15
       :: else -> goto L14
     fi }
 L14: /* list_next_or_null_rcu(pos) */
@@ -248,32 +248,44 @@ L14: /* list_next_or_null_rcu(pos) */
     if
       :: (pos != 0) -> TOUCH(pos);
       if
-        :: (!r_invalid[pos]) -> goto L15
-        :: else -> goto L16
+        :: (!r_invalid[pos]) -> goto L13
+        :: else -> goto L14
       fi
-      :: else -> goto L19
+      :: else -> goto L15
     fi }
-L15: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
+L15: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
     if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
   fi;
+    root = pos;
+    pos = 0;
     if
-      :: (r_ref[pos] != 0) -> goto L19
+      :: (root != 0) -> TOUCH(root);
+      assert(!r_invalid[root]);
+      goto L21
       :: else -> goto L16
     fi }
-L16: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
+L16: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    pos = nxt[0];
+    do
+  :: pos != 0 -> TOUCH(pos);
+     if :: r_invalid[pos] -> pos = nxt[pos] :: else -> break fi
+  :: else -> break
+  od;
     if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L17
-        :: else -> goto L18
-      fi
-      :: else -> goto L19
+      :: (pos != 0) -> goto L17
+      :: else -> pos = 0;
+      NEW_OBJ(root);
+      o_root[root] = 1;
+      nroots++;
+      assert(nroots <= MAXR);
+      goto L18
     fi }
 L17: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -282,210 +294,111 @@ L17: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L19
-      :: else -> goto L18
-    fi }
-L18: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L19: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      assert(!r_invalid[root]);
-      goto L27
-      :: else -> goto L20
-    fi }
-L20: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    pos = nxt[0];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L21
-        :: else -> pos = nxt[pos];
-        if
-          :: (pos != 0) -> TOUCH(pos);
-          if
-            :: (!r_invalid[pos]) -> goto L22
-            :: else -> pos = nxt[pos];
-            if
-              :: (pos != 0) -> TOUCH(pos);
-              if
-                :: (!r_invalid[pos]) -> goto L23
-                :: else -> pos = nxt[pos];
-                assert(false)
-              fi
-              :: else -> pos = 0;
-              NEW_OBJ(root);
-              o_root[root] = 1;
-              nroots++;
-              assert(nroots <= MAXR);
-              goto L24
-            fi
-          fi
-          :: else -> pos = 0;
-          NEW_OBJ(root);
-          o_root[root] = 1;
-          nroots++;
-          assert(nroots <= MAXR);
-          goto L24
-        fi
-      fi
-      :: else -> pos = 0;
-      NEW_OBJ(root);
-      o_root[root] = 1;
-      nroots++;
-      assert(nroots <= MAXR);
-      goto L24
-    fi }
-L21: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
       :: (r_ref[pos] != 0) -> root = pos;
       pos = 0;
-      goto L26
+      goto L20
       :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L22: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L26
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L23: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L26
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L24: /* refcount_set(root, 2) */
+L18: /* refcount_set(root, 2) */
   atomic { r_ref[root] = 2;
-    goto L25 }
-L25: /* list_add_rcu(root) */
+    goto L19 }
+L19: /* list_add_rcu(root) */
   atomic { LIST_ADD(root);
     CHECK_ROOTS();
     pos = 0;
-    goto L26 }
-L26: /* unlock(pages_lock) */
+    goto L20 }
+L20: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L27 }
-L27: /* read_unlock(mmu_lock) */
+    goto L21 }
+L21: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     hpa[_pid] = root;
     root = 0;
-    goto L28 }
-L28: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
+    goto L22 }
+L22: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
   atomic { mode[_pid] = 1;
     nguest++;
-    goto L29 }
-L29: /* kvm_request_pending(vcpu) (exit request) */
+    goto L23 }
+L23: /* kvm_request_pending(vcpu) (exit request) */
   atomic { if
       :: (req[_pid]) -> mode[_pid] = 0;
       nguest--;
-      goto L40
+      goto L34
       :: else -> TOUCH(hpa[_pid]);
       assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
       in_guest[_pid] = 1;
-      goto L30
+      goto L24
     fi }
-L30: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
+L24: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
   atomic { mode[_pid] = 0;
     nguest--;
     in_guest[_pid] = 0;
-    goto L31 }
-L31: /* READ_ONCE(kvm->mmu_invalidate_seq) */
-  atomic { goto L32 }
-L32: /* get_user_pages(page0) */
+    goto L25 }
+L25: /* READ_ONCE(kvm->mmu_invalidate_seq) */
+  atomic { goto L26 }
+L26: /* get_user_pages(page0) */
   atomic { pg_ref++;
     ret = RET_PF_RETRY;
-    goto L33 }
-L33: /* read_lock(mmu_lock) */
+    goto L27 }
+L27: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     TOUCH(hpa[_pid]);
     if
-      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L38
-      :: else -> goto L34
+      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L32
+      :: else -> goto L28
     fi }
-L34: /* rcu_read_lock() */
+L28: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(hpa[_pid]);
     it_old = spt0[hpa[_pid]];
     if
-      :: (it_old == REMOVED) -> goto L37
+      :: (it_old == REMOVED) -> goto L31
       :: else -> if
         :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
         TOUCH(it_pt);
         it_old = spt0[it_pt];
         if
-          :: (it_old == REMOVED) -> goto L37
+          :: (it_old == REMOVED) -> goto L31
           :: else -> if
             :: (it_old == LEAF) -> ret = RET_PF_SPURIOUS;
-            goto L37
-            :: else -> goto L36
+            goto L31
+            :: else -> goto L30
           fi
         fi
         :: else -> NEW_OBJ(sp);
-        goto L35
+        goto L29
       fi
     fi }
-L35: /* try_cmpxchg64(root[0], 0 -> table) */
+L29: /* try_cmpxchg64(root[0], 0 -> table) */
   atomic { TOUCH(hpa[_pid]);
     if
       :: (spt0[hpa[_pid]] != it_old) -> it_old = spt0[hpa[_pid]];
       o_freed[sp] = 1  /* tdp_mmu_free_sp() */;
-      goto L37
+      goto L31
       :: else -> spt0[hpa[_pid]] = sp;
       tdp_pages++;
       assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
       it_pt = sp;
       it_old = spt0[it_pt];
-      goto L36
+      goto L30
     fi }
-L36: /* try_cmpxchg64(table[0], 0 -> leaf) */
+L30: /* try_cmpxchg64(table[0], 0 -> leaf) */
   atomic { TOUCH(it_pt);
     if
-      :: (spt0[it_pt] != it_old) -> goto L37
+      :: (spt0[it_pt] != it_old) -> goto L31
       :: else -> spt0[it_pt] = LEAF;
       assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
       ret = RET_PF_FIXED;
-      goto L37
+      goto L31
     fi }
-L37: /* rcu_read_unlock() */
+L31: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -495,166 +408,129 @@ L37: /* rcu_read_unlock() */
     it_pt = 0;
     it_old = 0;
     sp = 0;
-    goto L38 }
-L38: /* read_unlock(mmu_lock) */
+    goto L32 }
+L32: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L39 }
-L39: /* put_page(page0) */
+    goto L33 }
+L33: /* put_page(page0) */
   atomic { pg_ref--;
     assert(pg_ref > 0)  /* the mm's reference */;
     ret = 0;
-    goto L40 }
-L40: /* kvm_request_pending(vcpu) */
+    goto L34 }
+L34: /* kvm_request_pending(vcpu) */
   atomic { if
-      :: (req[_pid]) -> goto L41
+      :: (req[_pid]) -> goto L35
       :: else -> if
-        :: (hpa[_pid] == 0) -> goto L50
-        :: else -> goto L68
+        :: (hpa[_pid] == 0) -> goto L44
+        :: else -> goto L56
       fi
     fi }
-L41: /* kvm_check_request(KVM_REQ_VM_DEAD) */
-  atomic { goto L42 }
-L42: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
+L35: /* kvm_check_request(KVM_REQ_VM_DEAD) */
+  atomic { goto L36 }
+L36: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
   atomic { if
       :: (req[_pid]) -> req[_pid] = 0;
       TOUCH(hpa[_pid]);
       if
-        :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L43
+        :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L37
         :: else -> if
-          :: (hpa[_pid] == 0) -> goto L50
-          :: else -> goto L68
+          :: (hpa[_pid] == 0) -> goto L44
+          :: else -> goto L56
         fi
       fi
       :: else -> if
-        :: (hpa[_pid] == 0) -> goto L50
-        :: else -> goto L68
+        :: (hpa[_pid] == 0) -> goto L44
+        :: else -> goto L56
       fi
     fi }
-L43: /* read_lock(mmu_lock) */
+L37: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     assert(rd[_pid]);
-    goto L44 }
-L44: /* refcount_dec_and_test(hpa[_pid]) */
+    goto L38 }
+L38: /* refcount_dec_and_test(hpa[_pid]) */
   atomic { TOUCH(hpa[_pid]);
     assert(r_ref[hpa[_pid]] > 0)  /* underflow; use-after-free */;
     r_ref[hpa[_pid]]--;
     if
       :: (r_ref[hpa[_pid]] == 0) -> assert(r_invalid[hpa[_pid]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L45
+      goto L39
       :: else -> hpa[_pid] = 0;
-      goto L49
+      goto L43
     fi }
-L45: /* lock(pages_lock) */
+L39: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L46 }
-L46: /* list_del_rcu(hpa[_pid]) */
+    goto L40 }
+L40: /* list_del_rcu(hpa[_pid]) */
   atomic { TOUCH(hpa[_pid]);
     LIST_DEL(hpa[_pid]);
-    goto L47 }
-L47: /* unlock(pages_lock) */
+    goto L41 }
+L41: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L48 }
-L48: /* call_rcu(hpa[_pid]) */
+    goto L42 }
+L42: /* call_rcu(hpa[_pid]) */
   atomic { CALL_RCU(hpa[_pid]);
     hpa[_pid] = 0;
-    goto L49 }
-L49: /* read_unlock(mmu_lock) */
+    goto L43 }
+L43: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     if
-      :: (hpa[_pid] == 0) -> goto L50
-      :: else -> goto L68
+      :: (hpa[_pid] == 0) -> goto L44
+      :: else -> goto L56
     fi }
-L50: /* read_lock(mmu_lock) */
+L44: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L51 }
-L51: /* rcu_read_lock() */
+    goto L45 }
+L45: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L52 }
-L52: /* list_first_or_null_rcu() */
+    goto L46 }
+L46: /* list_first_or_null_rcu() */
   atomic { assert(rcu_depth[_pid] > 0);
     pos = nxt[0];
     if
       :: (pos != 0) -> TOUCH(pos);
       if
-        :: (!r_invalid[pos]) -> goto L53
-        :: else -> goto L54
+        :: (!r_invalid[pos]) -> goto L47
+        :: else -> goto L48
       fi
-      :: else -> goto L59
+      :: else -> goto L49
     fi }
-L53: /* refcount_inc_not_zero(pos) */
+L47: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L59
-      :: else -> goto L54
+      :: (r_ref[pos] != 0) -> goto L49
+      :: else -> goto L48
     fi }
-L54: /* list_next_or_null_rcu(pos) */
+L48: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
       :: (pos != 0) -> TOUCH(pos);
       if
-        :: (!r_invalid[pos]) -> goto L55
-        :: else -> goto L56
+        :: (!r_invalid[pos]) -> goto L47
+        :: else -> goto L48
       fi
-      :: else -> goto L59
+      :: else -> goto L49
     fi }
-L55: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L59
-      :: else -> goto L56
-    fi }
-L56: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L57
-        :: else -> goto L58
-      fi
-      :: else -> goto L59
-    fi }
-L57: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L59
-      :: else -> goto L58
-    fi }
-L58: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L59: /* rcu_read_unlock() */
+L49: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -666,55 +542,29 @@ L59: /* rcu_read_unlock() */
     if
       :: (root != 0) -> TOUCH(root);
       assert(!r_invalid[root]);
-      goto L67
-      :: else -> goto L60
+      goto L55
+      :: else -> goto L50
     fi }
-L60: /* lock(pages_lock) */
+L50: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
     pos = nxt[0];
+    do
+  :: pos != 0 -> TOUCH(pos);
+     if :: r_invalid[pos] -> pos = nxt[pos] :: else -> break fi
+  :: else -> break
+  od;
     if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L61
-        :: else -> pos = nxt[pos];
-        if
-          :: (pos != 0) -> TOUCH(pos);
-          if
-            :: (!r_invalid[pos]) -> goto L62
-            :: else -> pos = nxt[pos];
-            if
-              :: (pos != 0) -> TOUCH(pos);
-              if
-                :: (!r_invalid[pos]) -> goto L63
-                :: else -> pos = nxt[pos];
-                assert(false)
-              fi
-              :: else -> pos = 0;
-              NEW_OBJ(root);
-              o_root[root] = 1;
-              nroots++;
-              assert(nroots <= MAXR);
-              goto L64
-            fi
-          fi
-          :: else -> pos = 0;
-          NEW_OBJ(root);
-          o_root[root] = 1;
-          nroots++;
-          assert(nroots <= MAXR);
-          goto L64
-        fi
-      fi
+      :: (pos != 0) -> goto L51
       :: else -> pos = 0;
       NEW_OBJ(root);
       o_root[root] = 1;
       nroots++;
       assert(nroots <= MAXR);
-      goto L64
+      goto L52
     fi }
-L61: /* refcount_inc_not_zero(pos) */
+L51: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
@@ -723,133 +573,109 @@ L61: /* refcount_inc_not_zero(pos) */
     if
       :: (r_ref[pos] != 0) -> root = pos;
       pos = 0;
-      goto L66
+      goto L54
       :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L62: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L66
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L63: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L66
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L64: /* refcount_set(root, 2) */
+L52: /* refcount_set(root, 2) */
   atomic { r_ref[root] = 2;
-    goto L65 }
-L65: /* list_add_rcu(root) */
+    goto L53 }
+L53: /* list_add_rcu(root) */
   atomic { LIST_ADD(root);
     CHECK_ROOTS();
     pos = 0;
-    goto L66 }
-L66: /* unlock(pages_lock) */
+    goto L54 }
+L54: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L67 }
-L67: /* read_unlock(mmu_lock) */
+    goto L55 }
+L55: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     hpa[_pid] = root;
     root = 0;
-    goto L68 }
-L68: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
+    goto L56 }
+L56: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
   atomic { mode[_pid] = 1;
     nguest++;
-    goto L69 }
-L69: /* kvm_request_pending(vcpu) (exit request) */
+    goto L57 }
+L57: /* kvm_request_pending(vcpu) (exit request) */
   atomic { if
       :: (req[_pid]) -> mode[_pid] = 0;
       nguest--;
-      goto L80
+      goto L68
       :: else -> TOUCH(hpa[_pid]);
       assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
       in_guest[_pid] = 1;
-      goto L70
+      goto L58
     fi }
-L70: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
+L58: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
   atomic { mode[_pid] = 0;
     nguest--;
     in_guest[_pid] = 0;
-    goto L71 }
-L71: /* READ_ONCE(kvm->mmu_invalidate_seq) */
-  atomic { goto L72 }
-L72: /* get_user_pages(page0) */
+    goto L59 }
+L59: /* READ_ONCE(kvm->mmu_invalidate_seq) */
+  atomic { goto L60 }
+L60: /* get_user_pages(page0) */
   atomic { pg_ref++;
     ret = RET_PF_RETRY;
-    goto L73 }
-L73: /* read_lock(mmu_lock) */
+    goto L61 }
+L61: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     TOUCH(hpa[_pid]);
     if
-      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L78
-      :: else -> goto L74
+      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L66
+      :: else -> goto L62
     fi }
-L74: /* rcu_read_lock() */
+L62: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(hpa[_pid]);
     it_old = spt0[hpa[_pid]];
     if
-      :: (it_old == REMOVED) -> goto L77
+      :: (it_old == REMOVED) -> goto L65
       :: else -> if
         :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
         TOUCH(it_pt);
         it_old = spt0[it_pt];
         if
-          :: (it_old == REMOVED) -> goto L77
+          :: (it_old == REMOVED) -> goto L65
           :: else -> if
             :: (it_old == LEAF) -> ret = RET_PF_SPURIOUS;
-            goto L77
-            :: else -> goto L76
+            goto L65
+            :: else -> goto L64
           fi
         fi
         :: else -> NEW_OBJ(sp);
-        goto L75
+        goto L63
       fi
     fi }
-L75: /* try_cmpxchg64(root[0], 0 -> table) */
+L63: /* try_cmpxchg64(root[0], 0 -> table) */
   atomic { TOUCH(hpa[_pid]);
     if
       :: (spt0[hpa[_pid]] != it_old) -> it_old = spt0[hpa[_pid]];
       o_freed[sp] = 1  /* tdp_mmu_free_sp() */;
-      goto L77
+      goto L65
       :: else -> spt0[hpa[_pid]] = sp;
       tdp_pages++;
       assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
       it_pt = sp;
       it_old = spt0[it_pt];
-      goto L76
+      goto L64
     fi }
-L76: /* try_cmpxchg64(table[0], 0 -> leaf) */
+L64: /* try_cmpxchg64(table[0], 0 -> leaf) */
   atomic { TOUCH(it_pt);
     if
-      :: (spt0[it_pt] != it_old) -> goto L77
+      :: (spt0[it_pt] != it_old) -> goto L65
       :: else -> spt0[it_pt] = LEAF;
       assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
       ret = RET_PF_FIXED;
-      goto L77
+      goto L65
     fi }
-L77: /* rcu_read_unlock() */
+L65: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -859,18 +685,18 @@ L77: /* rcu_read_unlock() */
     it_pt = 0;
     it_old = 0;
     sp = 0;
-    goto L78 }
-L78: /* read_unlock(mmu_lock) */
+    goto L66 }
+L66: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L79 }
-L79: /* put_page(page0) */
+    goto L67 }
+L67: /* put_page(page0) */
   atomic { pg_ref--;
     assert(pg_ref > 0)  /* the mm's reference */;
     ret = 0;
-    goto L80 }
-L80: /* kvm_put_kvm() */
+    goto L68 }
+L68: /* kvm_put_kvm() */
   atomic { users--;
     goto Lend }
 Lend: end_done: false
@@ -929,7 +755,7 @@ L9: /* list_first_or_null_rcu() */
     pos = nxt[0];
     if
       :: (pos != 0) -> goto L10
-      :: else -> goto L16
+      :: else -> goto L12
     fi }
 L10: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -938,7 +764,7 @@ L10: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L16
+      :: (r_ref[pos] != 0) -> goto L12
       :: else -> goto L11
     fi }
 L11: /* list_next_or_null_rcu(pos) */
@@ -946,43 +772,10 @@ L11: /* list_next_or_null_rcu(pos) */
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L12
-      :: else -> goto L16
+      :: (pos != 0) -> goto L10
+      :: else -> goto L12
     fi }
-L12: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L16
-      :: else -> goto L13
-    fi }
-L13: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L14
-      :: else -> goto L16
-    fi }
-L14: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L16
-      :: else -> goto L15
-    fi }
-L15: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L16: /* rcu_read_unlock() */
+L12: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -997,17 +790,17 @@ L16: /* rcu_read_unlock() */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L17
-        :: else -> goto L38
+        goto L13
+        :: else -> goto L34
       fi
-      :: else -> goto L122
+      :: else -> goto L44
     fi }
-L17: /* refcount_read(root) */
+L13: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L18 }
-L18: /* rcu_read_lock() */
+    goto L14 }
+L14: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
@@ -1017,7 +810,43 @@ L18: /* rcu_read_lock() */
       TOUCH(it_pt);
       it_old = spt0[it_pt];
       if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L19
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L15
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L16
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L28
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L16
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
@@ -1035,18 +864,24 @@ L18: /* rcu_read_lock() */
             :: else -> it_old = 0;
             it_pt = 0;
             xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L32
-            fi
+            goto L28
           fi
         fi
       fi
+    fi }
+L15: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L16
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
@@ -1064,23 +899,38 @@ L18: /* rcu_read_lock() */
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L32
-          fi
+          goto L28
         fi
       fi
     fi }
-L19: /* try_cmpxchg64(table[0], leaf -> 0) */
-  atomic { TOUCH(it_pt);
-    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
-    spt0[it_pt] = 0;
-    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+L16: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L17 }
+L17: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L18 }
+L18: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L19 }
+L19: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
     NO_GUEST_ON(root);
     it_old = 0;
     it_pt = 0;
@@ -1099,15 +949,7 @@ L19: /* try_cmpxchg64(table[0], leaf -> 0) */
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          goto L32
-        fi
+        goto L28
       fi
     fi }
 L20: /* try_cmpxchg64(root[0], table -> 0) */
@@ -1149,15 +991,7 @@ L23: /* call_rcu(table) */
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L32
-      fi
+      goto L28
     fi }
 L24: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
@@ -1191,159 +1025,85 @@ L27: /* call_rcu(table) */
     it_old = 0;
     it_pt = 0;
     xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L28
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L32
-    fi }
-L28: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L29 }
-L29: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L30 }
-L30: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L31 }
-L31: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    goto L32 }
-L32: /* rcu_read_unlock() */
+    goto L28 }
+L28: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L33 }
-L33: /* refcount_dec_and_test(root) */
+    goto L29 }
+L29: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L34
+      goto L30
+      :: else -> goto L34
+    fi }
+L30: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L31 }
+L31: /* list_del_rcu(root) */
+  atomic { TOUCH(root);
+    LIST_DEL(root);
+    goto L32 }
+L32: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L33 }
+L33: /* call_rcu(root) */
+  atomic { CALL_RCU(root);
+    goto L34 }
+L34: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L35 }
+L35: /* list_next_or_null_rcu(root) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(root);
+    pos = nxt[root];
+    if
+      :: (pos != 0) -> goto L36
       :: else -> goto L38
     fi }
-L34: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L35 }
-L35: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L36 }
-L36: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L37 }
-L37: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L38 }
-L38: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
+L36: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L38
+      :: else -> goto L37
+    fi }
+L37: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L36
+      :: else -> goto L38
+    fi }
+L38: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
     goto L39 }
-L39: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L40
-      :: else -> goto L46
-    fi }
-L40: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L46
-      :: else -> goto L41
-    fi }
-L41: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L42
-      :: else -> goto L46
-    fi }
-L42: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L46
-      :: else -> goto L43
-    fi }
-L43: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L44
-      :: else -> goto L46
-    fi }
-L44: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L46
-      :: else -> goto L45
-    fi }
-L45: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L46: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L47 }
-L47: /* refcount_dec_and_test(root) */
+L39: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L48
+      goto L40
       :: else -> root = pos;
       pos = 0;
       if
@@ -1352,26 +1112,26 @@ L47: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L52
-          :: else -> goto L73
+          goto L13
+          :: else -> goto L34
         fi
-        :: else -> goto L122
+        :: else -> goto L44
       fi
     fi }
-L48: /* lock(pages_lock) */
+L40: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L49 }
-L49: /* list_del_rcu(root) */
+    goto L41 }
+L41: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L50 }
-L50: /* unlock(pages_lock) */
+    goto L42 }
+L42: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L51 }
-L51: /* call_rcu(root) */
+    goto L43 }
+L43: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -1381,770 +1141,22 @@ L51: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L52
-        :: else -> goto L73
+        goto L13
+        :: else -> goto L34
       fi
-      :: else -> goto L122
+      :: else -> goto L44
     fi }
-L52: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L53 }
-L53: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
-      TOUCH(it_pt);
-      it_old = spt0[it_pt];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L54
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L55
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L67
-            fi
-          fi
-        fi
-      fi
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L55
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L67
-          fi
-        fi
-      fi
-    fi }
-L54: /* try_cmpxchg64(table[0], leaf -> 0) */
-  atomic { TOUCH(it_pt);
-    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
-    spt0[it_pt] = 0;
-    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L55
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          goto L67
-        fi
-      fi
-    fi }
-L55: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L56 }
-L56: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L57 }
-L57: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L58 }
-L58: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L59
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L67
-      fi
-    fi }
-L59: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L60 }
-L60: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L61 }
-L61: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L62 }
-L62: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L67
-    fi }
-L63: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L64 }
-L64: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L65 }
-L65: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L66 }
-L66: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    goto L67 }
-L67: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L68 }
-L68: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L69
-      :: else -> goto L73
-    fi }
-L69: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L70 }
-L70: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L71 }
-L71: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L72 }
-L72: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L73 }
-L73: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L74 }
-L74: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L75
-      :: else -> goto L81
-    fi }
-L75: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L81
-      :: else -> goto L76
-    fi }
-L76: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L77
-      :: else -> goto L81
-    fi }
-L77: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L81
-      :: else -> goto L78
-    fi }
-L78: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L79
-      :: else -> goto L81
-    fi }
-L79: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L81
-      :: else -> goto L80
-    fi }
-L80: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L81: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L82 }
-L82: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L83
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> TOUCH(root);
-        r_sched[root] = r_sched[root] || MUTANT;
-        if
-          :: (r_sched[root]) -> r_sched[root] = 0;
-          assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L87
-          :: else -> goto L108
-        fi
-        :: else -> goto L122
-      fi
-    fi }
-L83: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L84 }
-L84: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L85 }
-L85: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L86 }
-L86: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      r_sched[root] = r_sched[root] || MUTANT;
-      if
-        :: (r_sched[root]) -> r_sched[root] = 0;
-        assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L87
-        :: else -> goto L108
-      fi
-      :: else -> goto L122
-    fi }
-L87: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L88 }
-L88: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
-      TOUCH(it_pt);
-      it_old = spt0[it_pt];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L89
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L90
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L102
-            fi
-          fi
-        fi
-      fi
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L90
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L102
-          fi
-        fi
-      fi
-    fi }
-L89: /* try_cmpxchg64(table[0], leaf -> 0) */
-  atomic { TOUCH(it_pt);
-    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
-    spt0[it_pt] = 0;
-    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L90
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          goto L102
-        fi
-      fi
-    fi }
-L90: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L91 }
-L91: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L92 }
-L92: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L93 }
-L93: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L94
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L102
-      fi
-    fi }
-L94: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L95 }
-L95: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L96 }
-L96: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L97 }
-L97: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L98
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L102
-    fi }
-L98: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L99 }
-L99: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L100 }
-L100: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L101 }
-L101: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    goto L102 }
-L102: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L103 }
-L103: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L104
-      :: else -> goto L108
-    fi }
-L104: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L105 }
-L105: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L106 }
-L106: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L107 }
-L107: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L108 }
-L108: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L109 }
-L109: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L110
-      :: else -> goto L116
-    fi }
-L110: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L116
-      :: else -> goto L111
-    fi }
-L111: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L112
-      :: else -> goto L116
-    fi }
-L112: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L116
-      :: else -> goto L113
-    fi }
-L113: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L114
-      :: else -> goto L116
-    fi }
-L114: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L116
-      :: else -> goto L115
-    fi }
-L115: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L116: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L117 }
-L117: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L118
-      :: else -> root = pos;
-      pos = 0;
-      assert(false)
-    fi }
-L118: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L119 }
-L119: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L120 }
-L120: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L121 }
-L121: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    assert(false) }
-L122: /* read_unlock(mmu_lock) */
+L44: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     FAST_ZAP_COMPLETE();
-    goto L123 }
-L123: /* unlock(slots_lock) */
+    goto L45 }
+L45: /* unlock(slots_lock) */
   atomic { assert(slots_lock == _pid);
     slots_lock = NOBODY;
-    goto L124 }
-L124: /* kvm_put_kvm() */
+    goto L46 }
+L46: /* kvm_put_kvm() */
   atomic { users--;
     goto Lend }
 Lend: end_done: false
@@ -2178,7 +1190,7 @@ L4: /* list_first_or_null_rcu() */
     pos = nxt[0];
     if
       :: (pos != 0) -> goto L5
-      :: else -> goto L11
+      :: else -> goto L7
     fi }
 L5: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -2187,7 +1199,7 @@ L5: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L11
+      :: (r_ref[pos] != 0) -> goto L7
       :: else -> goto L6
     fi }
 L6: /* list_next_or_null_rcu(pos) */
@@ -2195,43 +1207,10 @@ L6: /* list_next_or_null_rcu(pos) */
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L7
-      :: else -> goto L11
+      :: (pos != 0) -> goto L5
+      :: else -> goto L7
     fi }
-L7: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L11
-      :: else -> goto L8
-    fi }
-L8: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L9
-      :: else -> goto L11
-    fi }
-L9: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L11
-      :: else -> goto L10
-    fi }
-L10: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L11: /* rcu_read_unlock() */
+L7: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -2241,15 +1220,15 @@ L11: /* rcu_read_unlock() */
     root = pos;
     pos = 0;
     if
-      :: (root != 0) -> goto L12
-      :: else -> goto L72
+      :: (root != 0) -> goto L8
+      :: else -> goto L24
     fi }
-L12: /* refcount_read(root) */
+L8: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(wr == _pid);
-    goto L13 }
-L13: /* rcu_read_lock() */
+    goto L9 }
+L9: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
@@ -2278,7 +1257,7 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-          goto L14
+          goto L10
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
@@ -2296,7 +1275,7 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-            goto L15
+            goto L11
             :: else -> it_old = 0;
             it_pt = 0;
             xold = 0;
@@ -2314,11 +1293,11 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-              goto L16
+              goto L12
               :: else -> it_old = 0;
               it_pt = 0;
               xold = 0;
-              goto L17
+              goto L13
             fi
           fi
         fi
@@ -2339,7 +1318,7 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-          goto L14
+          goto L10
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
@@ -2357,7 +1336,7 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-            goto L15
+            goto L11
             :: else -> it_old = 0;
             it_pt = 0;
             xold = 0;
@@ -2375,11 +1354,11 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-              goto L16
+              goto L12
               :: else -> it_old = 0;
               it_pt = 0;
               xold = 0;
-              goto L17
+              goto L13
             fi
           fi
         fi
@@ -2401,7 +1380,7 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-        goto L14
+        goto L10
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
@@ -2419,7 +1398,7 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-          goto L15
+          goto L11
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
@@ -2437,16 +1416,16 @@ L13: /* rcu_read_lock() */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-            goto L16
+            goto L12
             :: else -> it_old = 0;
             it_pt = 0;
             xold = 0;
-            goto L17
+            goto L13
           fi
         fi
       fi
     fi }
-L14: /* call_rcu(table) */
+L10: /* call_rcu(table) */
   atomic { CALL_RCU(it_old);
     it_old = 0;
     it_pt = 0;
@@ -2465,7 +1444,7 @@ L14: /* call_rcu(table) */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-      goto L15
+      goto L11
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
@@ -2483,14 +1462,14 @@ L14: /* call_rcu(table) */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-        goto L16
+        goto L12
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
-        goto L17
+        goto L13
       fi
     fi }
-L15: /* call_rcu(table) */
+L11: /* call_rcu(table) */
   atomic { CALL_RCU(it_old);
     it_old = 0;
     it_pt = 0;
@@ -2509,1167 +1488,325 @@ L15: /* call_rcu(table) */
   :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
   :: else
   fi;
-      goto L16
+      goto L12
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
-      goto L17
+      goto L13
     fi }
-L16: /* call_rcu(table) */
+L12: /* call_rcu(table) */
   atomic { CALL_RCU(it_old);
     it_old = 0;
     it_pt = 0;
     xold = 0;
-    goto L17 }
-L17: /* rcu_read_unlock() */
+    goto L13 }
+L13: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L18 }
-L18: /* rcu_read_lock() */
+    goto L14 }
+L14: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L19 }
-L19: /* list_next_or_null_rcu(root) */
+    goto L15 }
+L15: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L20
-      :: else -> goto L26
+      :: (pos != 0) -> goto L16
+      :: else -> goto L18
     fi }
-L20: /* refcount_inc_not_zero(pos) */
+L16: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L26
-      :: else -> goto L21
+      :: (r_ref[pos] != 0) -> goto L18
+      :: else -> goto L17
     fi }
-L21: /* list_next_or_null_rcu(pos) */
+L17: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L22
-      :: else -> goto L26
+      :: (pos != 0) -> goto L16
+      :: else -> goto L18
     fi }
-L22: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L26
-      :: else -> goto L23
-    fi }
-L23: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L24
-      :: else -> goto L26
-    fi }
-L24: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L26
-      :: else -> goto L25
-    fi }
-L25: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L26: /* rcu_read_unlock() */
+L18: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L27 }
-L27: /* refcount_dec_and_test(root) */
+    goto L19 }
+L19: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L28
+      goto L20
       :: else -> root = pos;
       pos = 0;
       if
-        :: (root != 0) -> goto L32
-        :: else -> goto L72
+        :: (root != 0) -> goto L8
+        :: else -> goto L24
       fi
     fi }
-L28: /* lock(pages_lock) */
+L20: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L29 }
-L29: /* list_del_rcu(root) */
+    goto L21 }
+L21: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L30 }
-L30: /* unlock(pages_lock) */
+    goto L22 }
+L22: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L31 }
-L31: /* call_rcu(root) */
+    goto L23 }
+L23: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
     if
-      :: (root != 0) -> goto L32
-      :: else -> goto L72
+      :: (root != 0) -> goto L8
+      :: else -> goto L24
     fi }
-L32: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(wr == _pid);
+L24: /* write_unlock(mmu_lock) */
+  atomic { assert(wr == _pid);
+    wr = NOBODY;
+    if
+      :: (0 < N && hpa[0] != 0) -> goto L25
+      :: else -> if
+        :: (1 < N && hpa[1] != 0) -> goto L32
+        :: else -> if
+          :: (2 < N && hpa[2] != 0) -> goto L39
+          :: else -> if
+            :: (3 < N && hpa[3] != 0) -> goto L46
+            :: else -> goto L53
+          fi
+        fi
+      fi
+    fi }
+L25: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L26 }
+L26: /* refcount_dec_and_test(hpa[0]) */
+  atomic { TOUCH(hpa[0]);
+    assert(r_ref[hpa[0]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[0]]--;
+    if
+      :: (r_ref[hpa[0]] == 0) -> assert(r_invalid[hpa[0]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L27
+      :: else -> hpa[0] = 0;
+      goto L31
+    fi }
+L27: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L28 }
+L28: /* list_del_rcu(hpa[0]) */
+  atomic { TOUCH(hpa[0]);
+    LIST_DEL(hpa[0]);
+    goto L29 }
+L29: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L30 }
+L30: /* call_rcu(hpa[0]) */
+  atomic { CALL_RCU(hpa[0]);
+    hpa[0] = 0;
+    goto L31 }
+L31: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    if
+      :: (1 < N && hpa[1] != 0) -> goto L32
+      :: else -> if
+        :: (2 < N && hpa[2] != 0) -> goto L39
+        :: else -> if
+          :: (3 < N && hpa[3] != 0) -> goto L46
+          :: else -> goto L53
+        fi
+      fi
+    fi }
+L32: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
     goto L33 }
-L33: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    it_old = spt0[root];
+L33: /* refcount_dec_and_test(hpa[1]) */
+  atomic { TOUCH(hpa[1]);
+    assert(r_ref[hpa[1]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[1]]--;
     if
-      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
-      TOUCH(it_pt);
-      it_old = spt0[it_pt];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[it_pt] = 0;
-        pg_referenced = 1;
-        it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-          tdp_pages--;
-          TOUCH(it_old);
-          if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          goto L34
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-            tdp_pages--;
-            TOUCH(it_old);
-            if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            goto L35
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-              tdp_pages--;
-              TOUCH(it_old);
-              if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              goto L36
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L37
-            fi
-          fi
-        fi
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-          tdp_pages--;
-          TOUCH(it_old);
-          if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          goto L34
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-            tdp_pages--;
-            TOUCH(it_old);
-            if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            goto L35
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-              tdp_pages--;
-              TOUCH(it_old);
-              if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              goto L36
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L37
-            fi
-          fi
-        fi
-      fi
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-        tdp_pages--;
-        TOUCH(it_old);
-        if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        goto L34
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-          tdp_pages--;
-          TOUCH(it_old);
-          if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          goto L35
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-            tdp_pages--;
-            TOUCH(it_old);
-            if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            goto L36
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L37
-          fi
-        fi
-      fi
+      :: (r_ref[hpa[1]] == 0) -> assert(r_invalid[hpa[1]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L34
+      :: else -> hpa[1] = 0;
+      goto L38
     fi }
-L34: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-      tdp_pages--;
-      TOUCH(it_old);
-      if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      goto L35
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-        tdp_pages--;
-        TOUCH(it_old);
-        if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        goto L36
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L37
-      fi
-    fi }
-L35: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-      tdp_pages--;
-      TOUCH(it_old);
-      if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      goto L36
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L37
-    fi }
-L36: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
+L34: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L35 }
+L35: /* list_del_rcu(hpa[1]) */
+  atomic { TOUCH(hpa[1]);
+    LIST_DEL(hpa[1]);
+    goto L36 }
+L36: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
     goto L37 }
-L37: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
+L37: /* call_rcu(hpa[1]) */
+  atomic { CALL_RCU(hpa[1]);
+    hpa[1] = 0;
     goto L38 }
-L38: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L39 }
-L39: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
+L38: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
     if
-      :: (pos != 0) -> goto L40
-      :: else -> goto L46
-    fi }
-L40: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L46
-      :: else -> goto L41
-    fi }
-L41: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L42
-      :: else -> goto L46
-    fi }
-L42: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L46
-      :: else -> goto L43
-    fi }
-L43: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L44
-      :: else -> goto L46
-    fi }
-L44: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L46
-      :: else -> goto L45
-    fi }
-L45: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L46: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L47 }
-L47: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L48
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> goto L52
-        :: else -> goto L72
+      :: (2 < N && hpa[2] != 0) -> goto L39
+      :: else -> if
+        :: (3 < N && hpa[3] != 0) -> goto L46
+        :: else -> goto L53
       fi
+    fi }
+L39: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L40 }
+L40: /* refcount_dec_and_test(hpa[2]) */
+  atomic { TOUCH(hpa[2]);
+    assert(r_ref[hpa[2]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[2]]--;
+    if
+      :: (r_ref[hpa[2]] == 0) -> assert(r_invalid[hpa[2]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L41
+      :: else -> hpa[2] = 0;
+      goto L45
+    fi }
+L41: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L42 }
+L42: /* list_del_rcu(hpa[2]) */
+  atomic { TOUCH(hpa[2]);
+    LIST_DEL(hpa[2]);
+    goto L43 }
+L43: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L44 }
+L44: /* call_rcu(hpa[2]) */
+  atomic { CALL_RCU(hpa[2]);
+    hpa[2] = 0;
+    goto L45 }
+L45: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    if
+      :: (3 < N && hpa[3] != 0) -> goto L46
+      :: else -> goto L53
+    fi }
+L46: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L47 }
+L47: /* refcount_dec_and_test(hpa[3]) */
+  atomic { TOUCH(hpa[3]);
+    assert(r_ref[hpa[3]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[3]]--;
+    if
+      :: (r_ref[hpa[3]] == 0) -> assert(r_invalid[hpa[3]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L48
+      :: else -> hpa[3] = 0;
+      goto L52
     fi }
 L48: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
     goto L49 }
-L49: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
+L49: /* list_del_rcu(hpa[3]) */
+  atomic { TOUCH(hpa[3]);
+    LIST_DEL(hpa[3]);
     goto L50 }
 L50: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
     goto L51 }
-L51: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> goto L52
-      :: else -> goto L72
-    fi }
-L52: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(wr == _pid);
-    goto L53 }
-L53: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
-      TOUCH(it_pt);
-      it_old = spt0[it_pt];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[it_pt] = 0;
-        pg_referenced = 1;
-        it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-          tdp_pages--;
-          TOUCH(it_old);
-          if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          goto L54
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-            tdp_pages--;
-            TOUCH(it_old);
-            if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            goto L55
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-              tdp_pages--;
-              TOUCH(it_old);
-              if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              goto L56
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L57
-            fi
-          fi
-        fi
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-          tdp_pages--;
-          TOUCH(it_old);
-          if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          goto L54
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-            tdp_pages--;
-            TOUCH(it_old);
-            if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            goto L55
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-              tdp_pages--;
-              TOUCH(it_old);
-              if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-              goto L56
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L57
-            fi
-          fi
-        fi
-      fi
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-        tdp_pages--;
-        TOUCH(it_old);
-        if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        goto L54
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-          tdp_pages--;
-          TOUCH(it_old);
-          if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-          goto L55
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-            tdp_pages--;
-            TOUCH(it_old);
-            if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-            goto L56
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L57
-          fi
-        fi
-      fi
-    fi }
-L54: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-      tdp_pages--;
-      TOUCH(it_old);
-      if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      goto L55
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-        tdp_pages--;
-        TOUCH(it_old);
-        if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-        goto L56
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L57
-      fi
-    fi }
-L55: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
-      tdp_pages--;
-      TOUCH(it_old);
-      if
-  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      if
-  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
-  :: else
-  fi;
-      goto L56
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L57
-    fi }
-L56: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    goto L57 }
-L57: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L58 }
-L58: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L59 }
-L59: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L60
-      :: else -> goto L66
-    fi }
-L60: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L66
-      :: else -> goto L61
-    fi }
-L61: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L62
-      :: else -> goto L66
-    fi }
-L62: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L66
-      :: else -> goto L63
-    fi }
-L63: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L64
-      :: else -> goto L66
-    fi }
-L64: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L66
-      :: else -> goto L65
-    fi }
-L65: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L66: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L67 }
-L67: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L68
-      :: else -> root = pos;
-      pos = 0;
-      assert(false)
-    fi }
-L68: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L69 }
-L69: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L70 }
-L70: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L71 }
-L71: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    assert(false) }
-L72: /* write_unlock(mmu_lock) */
-  atomic { assert(wr == _pid);
-    wr = NOBODY;
-    if
-      :: (0 < N && hpa[0] != 0) -> goto L73
-      :: else -> if
-        :: (1 < N && hpa[1] != 0) -> goto L80
-        :: else -> if
-          :: (2 < N && hpa[2] != 0) -> goto L87
-          :: else -> if
-            :: (3 < N && hpa[3] != 0) -> goto L94
-            :: else -> goto L101
-          fi
-        fi
-      fi
-    fi }
-L73: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L74 }
-L74: /* refcount_dec_and_test(hpa[0]) */
-  atomic { TOUCH(hpa[0]);
-    assert(r_ref[hpa[0]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[0]]--;
-    if
-      :: (r_ref[hpa[0]] == 0) -> assert(r_invalid[hpa[0]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L75
-      :: else -> hpa[0] = 0;
-      goto L79
-    fi }
-L75: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L76 }
-L76: /* list_del_rcu(hpa[0]) */
-  atomic { TOUCH(hpa[0]);
-    LIST_DEL(hpa[0]);
-    goto L77 }
-L77: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L78 }
-L78: /* call_rcu(hpa[0]) */
-  atomic { CALL_RCU(hpa[0]);
-    hpa[0] = 0;
-    goto L79 }
-L79: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (1 < N && hpa[1] != 0) -> goto L80
-      :: else -> if
-        :: (2 < N && hpa[2] != 0) -> goto L87
-        :: else -> if
-          :: (3 < N && hpa[3] != 0) -> goto L94
-          :: else -> goto L101
-        fi
-      fi
-    fi }
-L80: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L81 }
-L81: /* refcount_dec_and_test(hpa[1]) */
-  atomic { TOUCH(hpa[1]);
-    assert(r_ref[hpa[1]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[1]]--;
-    if
-      :: (r_ref[hpa[1]] == 0) -> assert(r_invalid[hpa[1]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L82
-      :: else -> hpa[1] = 0;
-      goto L86
-    fi }
-L82: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L83 }
-L83: /* list_del_rcu(hpa[1]) */
-  atomic { TOUCH(hpa[1]);
-    LIST_DEL(hpa[1]);
-    goto L84 }
-L84: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L85 }
-L85: /* call_rcu(hpa[1]) */
-  atomic { CALL_RCU(hpa[1]);
-    hpa[1] = 0;
-    goto L86 }
-L86: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (2 < N && hpa[2] != 0) -> goto L87
-      :: else -> if
-        :: (3 < N && hpa[3] != 0) -> goto L94
-        :: else -> goto L101
-      fi
-    fi }
-L87: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L88 }
-L88: /* refcount_dec_and_test(hpa[2]) */
-  atomic { TOUCH(hpa[2]);
-    assert(r_ref[hpa[2]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[2]]--;
-    if
-      :: (r_ref[hpa[2]] == 0) -> assert(r_invalid[hpa[2]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L89
-      :: else -> hpa[2] = 0;
-      goto L93
-    fi }
-L89: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L90 }
-L90: /* list_del_rcu(hpa[2]) */
-  atomic { TOUCH(hpa[2]);
-    LIST_DEL(hpa[2]);
-    goto L91 }
-L91: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L92 }
-L92: /* call_rcu(hpa[2]) */
-  atomic { CALL_RCU(hpa[2]);
-    hpa[2] = 0;
-    goto L93 }
-L93: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (3 < N && hpa[3] != 0) -> goto L94
-      :: else -> goto L101
-    fi }
-L94: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L95 }
-L95: /* refcount_dec_and_test(hpa[3]) */
-  atomic { TOUCH(hpa[3]);
-    assert(r_ref[hpa[3]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[3]]--;
-    if
-      :: (r_ref[hpa[3]] == 0) -> assert(r_invalid[hpa[3]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L96
-      :: else -> hpa[3] = 0;
-      goto L100
-    fi }
-L96: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L97 }
-L97: /* list_del_rcu(hpa[3]) */
-  atomic { TOUCH(hpa[3]);
-    LIST_DEL(hpa[3]);
-    goto L98 }
-L98: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L99 }
-L99: /* call_rcu(hpa[3]) */
+L51: /* call_rcu(hpa[3]) */
   atomic { CALL_RCU(hpa[3]);
     hpa[3] = 0;
-    goto L100 }
-L100: /* read_unlock(mmu_lock) */
+    goto L52 }
+L52: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L101 }
-L101: /* kvm_tdp_mmu_invalidate_all_roots: walk roots */
+    goto L53 }
+L53: /* kvm_tdp_mmu_invalidate_all_roots: walk roots */
   atomic { INVALIDATE_ALL();
     CHECK_ROOTS();
-    goto L102 }
-L102: /* read_lock(mmu_lock) */
+    goto L54 }
+L54: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
-    goto L103 }
-L103: /* rcu_read_lock() */
+    goto L55 }
+L55: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L104 }
-L104: /* list_first_or_null_rcu() */
+    goto L56 }
+L56: /* list_first_or_null_rcu() */
   atomic { assert(rcu_depth[_pid] > 0);
     pos = nxt[0];
     if
-      :: (pos != 0) -> goto L105
-      :: else -> goto L111
+      :: (pos != 0) -> goto L57
+      :: else -> goto L59
     fi }
-L105: /* refcount_inc_not_zero(pos) */
+L57: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L111
-      :: else -> goto L106
+      :: (r_ref[pos] != 0) -> goto L59
+      :: else -> goto L58
     fi }
-L106: /* list_next_or_null_rcu(pos) */
+L58: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L107
-      :: else -> goto L111
+      :: (pos != 0) -> goto L57
+      :: else -> goto L59
     fi }
-L107: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L111
-      :: else -> goto L108
-    fi }
-L108: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L109
-      :: else -> goto L111
-    fi }
-L109: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L111
-      :: else -> goto L110
-    fi }
-L110: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L111: /* rcu_read_unlock() */
+L59: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -3684,17 +1821,17 @@ L111: /* rcu_read_unlock() */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L112
-        :: else -> goto L133
+        goto L60
+        :: else -> goto L81
       fi
-      :: else -> goto L217
+      :: else -> goto L91
     fi }
-L112: /* refcount_read(root) */
+L60: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L113 }
-L113: /* rcu_read_lock() */
+    goto L61 }
+L61: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
@@ -3704,32 +1841,32 @@ L113: /* rcu_read_lock() */
       TOUCH(it_pt);
       it_old = spt0[it_pt];
       if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L114
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L62
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
         TOUCH(root);
         it_old = spt0[root];
         if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L115
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
           TOUCH(root);
           it_old = spt0[root];
           if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
             :: else -> it_old = 0;
             it_pt = 0;
             xold = 0;
             TOUCH(root);
             it_old = spt0[root];
             if
-              :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
               :: else -> it_old = 0;
               it_pt = 0;
               xold = 0;
-              goto L127
+              goto L75
             fi
           fi
         fi
@@ -3740,30 +1877,30 @@ L113: /* rcu_read_lock() */
       TOUCH(root);
       it_old = spt0[root];
       if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L115
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
         TOUCH(root);
         it_old = spt0[root];
         if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
           TOUCH(root);
           it_old = spt0[root];
           if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
             :: else -> it_old = 0;
             it_pt = 0;
             xold = 0;
-            goto L127
+            goto L75
           fi
         fi
       fi
     fi }
-L114: /* try_cmpxchg64(table[0], leaf -> 0) */
+L62: /* try_cmpxchg64(table[0], leaf -> 0) */
   atomic { TOUCH(it_pt);
     assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
     spt0[it_pt] = 0;
@@ -3775,35 +1912,35 @@ L114: /* try_cmpxchg64(table[0], leaf -> 0) */
     TOUCH(root);
     it_old = spt0[root];
     if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L115
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
       TOUCH(root);
       it_old = spt0[root];
       if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
         TOUCH(root);
         it_old = spt0[root];
         if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
           :: else -> it_old = 0;
           it_pt = 0;
           xold = 0;
-          goto L127
+          goto L75
         fi
       fi
     fi }
-L115: /* try_cmpxchg64(root[0], table -> 0) */
+L63: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
     assert(spt0[root] == it_old)  /* retry: not modeled */;
     spt0[root] = 0;
     tdp_pages--;
-    goto L116 }
-L116: /* xchg(table[0], REMOVED) */
+    goto L64 }
+L64: /* xchg(table[0], REMOVED) */
   atomic { TOUCH(it_old);
     xold = spt0[it_old];
     assert(xold != REMOVED)  /* another freezer: not modeled */;
@@ -3812,8 +1949,8 @@ L116: /* xchg(table[0], REMOVED) */
   :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L117 }
-L117: /* xchg(table[1], REMOVED) */
+    goto L65 }
+L65: /* xchg(table[1], REMOVED) */
   atomic { TOUCH(it_old);
     xold = spt1[it_old];
     assert(xold != REMOVED)  /* another freezer: not modeled */;
@@ -3822,8 +1959,8 @@ L117: /* xchg(table[1], REMOVED) */
   :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L118 }
-L118: /* call_rcu(table) */
+    goto L66 }
+L66: /* call_rcu(table) */
   atomic { CALL_RCU(it_old);
     NO_GUEST_ON(root);
     it_old = 0;
@@ -3832,27 +1969,27 @@ L118: /* call_rcu(table) */
     TOUCH(root);
     it_old = spt0[root];
     if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L119
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
       TOUCH(root);
       it_old = spt0[root];
       if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
         :: else -> it_old = 0;
         it_pt = 0;
         xold = 0;
-        goto L127
+        goto L75
       fi
     fi }
-L119: /* try_cmpxchg64(root[0], table -> 0) */
+L67: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
     assert(spt0[root] == it_old)  /* retry: not modeled */;
     spt0[root] = 0;
     tdp_pages--;
-    goto L120 }
-L120: /* xchg(table[0], REMOVED) */
+    goto L68 }
+L68: /* xchg(table[0], REMOVED) */
   atomic { TOUCH(it_old);
     xold = spt0[it_old];
     assert(xold != REMOVED)  /* another freezer: not modeled */;
@@ -3861,8 +1998,8 @@ L120: /* xchg(table[0], REMOVED) */
   :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L121 }
-L121: /* xchg(table[1], REMOVED) */
+    goto L69 }
+L69: /* xchg(table[1], REMOVED) */
   atomic { TOUCH(it_old);
     xold = spt1[it_old];
     assert(xold != REMOVED)  /* another freezer: not modeled */;
@@ -3871,8 +2008,8 @@ L121: /* xchg(table[1], REMOVED) */
   :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L122 }
-L122: /* call_rcu(table) */
+    goto L70 }
+L70: /* call_rcu(table) */
   atomic { CALL_RCU(it_old);
     NO_GUEST_ON(root);
     it_old = 0;
@@ -3881,19 +2018,19 @@ L122: /* call_rcu(table) */
     TOUCH(root);
     it_old = spt0[root];
     if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L123
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
       :: else -> it_old = 0;
       it_pt = 0;
       xold = 0;
-      goto L127
+      goto L75
     fi }
-L123: /* try_cmpxchg64(root[0], table -> 0) */
+L71: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
     assert(spt0[root] == it_old)  /* retry: not modeled */;
     spt0[root] = 0;
     tdp_pages--;
-    goto L124 }
-L124: /* xchg(table[0], REMOVED) */
+    goto L72 }
+L72: /* xchg(table[0], REMOVED) */
   atomic { TOUCH(it_old);
     xold = spt0[it_old];
     assert(xold != REMOVED)  /* another freezer: not modeled */;
@@ -3902,8 +2039,8 @@ L124: /* xchg(table[0], REMOVED) */
   :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L125 }
-L125: /* xchg(table[1], REMOVED) */
+    goto L73 }
+L73: /* xchg(table[1], REMOVED) */
   atomic { TOUCH(it_old);
     xold = spt1[it_old];
     assert(xold != REMOVED)  /* another freezer: not modeled */;
@@ -3912,125 +2049,92 @@ L125: /* xchg(table[1], REMOVED) */
   :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L126 }
-L126: /* call_rcu(table) */
+    goto L74 }
+L74: /* call_rcu(table) */
   atomic { CALL_RCU(it_old);
     NO_GUEST_ON(root);
     it_old = 0;
     it_pt = 0;
     xold = 0;
-    goto L127 }
-L127: /* rcu_read_unlock() */
+    goto L75 }
+L75: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L128 }
-L128: /* refcount_dec_and_test(root) */
+    goto L76 }
+L76: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L129
-      :: else -> goto L133
+      goto L77
+      :: else -> goto L81
     fi }
-L129: /* lock(pages_lock) */
+L77: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L130 }
-L130: /* list_del_rcu(root) */
+    goto L78 }
+L78: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L131 }
-L131: /* unlock(pages_lock) */
+    goto L79 }
+L79: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L132 }
-L132: /* call_rcu(root) */
+    goto L80 }
+L80: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    goto L133 }
-L133: /* rcu_read_lock() */
+    goto L81 }
+L81: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L134 }
-L134: /* list_next_or_null_rcu(root) */
+    goto L82 }
+L82: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
     if
-      :: (pos != 0) -> goto L135
-      :: else -> goto L141
+      :: (pos != 0) -> goto L83
+      :: else -> goto L85
     fi }
-L135: /* refcount_inc_not_zero(pos) */
+L83: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
     if
   :: r_ref[pos] == 0 -> skip
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L141
-      :: else -> goto L136
+      :: (r_ref[pos] != 0) -> goto L85
+      :: else -> goto L84
     fi }
-L136: /* list_next_or_null_rcu(pos) */
+L84: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L137
-      :: else -> goto L141
+      :: (pos != 0) -> goto L83
+      :: else -> goto L85
     fi }
-L137: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L141
-      :: else -> goto L138
-    fi }
-L138: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L139
-      :: else -> goto L141
-    fi }
-L139: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L141
-      :: else -> goto L140
-    fi }
-L140: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L141: /* rcu_read_unlock() */
+L85: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L142 }
-L142: /* refcount_dec_and_test(root) */
+    goto L86 }
+L86: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L143
+      goto L87
       :: else -> root = pos;
       pos = 0;
       if
@@ -4039,26 +2143,26 @@ L142: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L147
-          :: else -> goto L168
+          goto L60
+          :: else -> goto L81
         fi
-        :: else -> goto L217
+        :: else -> goto L91
       fi
     fi }
-L143: /* lock(pages_lock) */
+L87: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L144 }
-L144: /* list_del_rcu(root) */
+    goto L88 }
+L88: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L145 }
-L145: /* unlock(pages_lock) */
+    goto L89 }
+L89: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L146 }
-L146: /* call_rcu(root) */
+    goto L90 }
+L90: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -4068,767 +2172,19 @@ L146: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L147
-        :: else -> goto L168
+        goto L60
+        :: else -> goto L81
       fi
-      :: else -> goto L217
+      :: else -> goto L91
     fi }
-L147: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L148 }
-L148: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
-      TOUCH(it_pt);
-      it_old = spt0[it_pt];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L149
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L150
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L162
-            fi
-          fi
-        fi
-      fi
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L150
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L162
-          fi
-        fi
-      fi
-    fi }
-L149: /* try_cmpxchg64(table[0], leaf -> 0) */
-  atomic { TOUCH(it_pt);
-    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
-    spt0[it_pt] = 0;
-    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L150
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          goto L162
-        fi
-      fi
-    fi }
-L150: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L151 }
-L151: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L152 }
-L152: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L153 }
-L153: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L154
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L162
-      fi
-    fi }
-L154: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L155 }
-L155: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L156 }
-L156: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L157 }
-L157: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L158
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L162
-    fi }
-L158: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L159 }
-L159: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L160 }
-L160: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L161 }
-L161: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    goto L162 }
-L162: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L163 }
-L163: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L164
-      :: else -> goto L168
-    fi }
-L164: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L165 }
-L165: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L166 }
-L166: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L167 }
-L167: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L168 }
-L168: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L169 }
-L169: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L170
-      :: else -> goto L176
-    fi }
-L170: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L176
-      :: else -> goto L171
-    fi }
-L171: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L172
-      :: else -> goto L176
-    fi }
-L172: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L176
-      :: else -> goto L173
-    fi }
-L173: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L174
-      :: else -> goto L176
-    fi }
-L174: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L176
-      :: else -> goto L175
-    fi }
-L175: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L176: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L177 }
-L177: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L178
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> TOUCH(root);
-        r_sched[root] = r_sched[root] || MUTANT;
-        if
-          :: (r_sched[root]) -> r_sched[root] = 0;
-          assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L182
-          :: else -> goto L203
-        fi
-        :: else -> goto L217
-      fi
-    fi }
-L178: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L179 }
-L179: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L180 }
-L180: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L181 }
-L181: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      r_sched[root] = r_sched[root] || MUTANT;
-      if
-        :: (r_sched[root]) -> r_sched[root] = 0;
-        assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L182
-        :: else -> goto L203
-      fi
-      :: else -> goto L217
-    fi }
-L182: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L183 }
-L183: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
-      TOUCH(it_pt);
-      it_old = spt0[it_pt];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L184
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L185
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            TOUCH(root);
-            it_old = spt0[root];
-            if
-              :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
-              :: else -> it_old = 0;
-              it_pt = 0;
-              xold = 0;
-              goto L197
-            fi
-          fi
-        fi
-      fi
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L185
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          TOUCH(root);
-          it_old = spt0[root];
-          if
-            :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
-            :: else -> it_old = 0;
-            it_pt = 0;
-            xold = 0;
-            goto L197
-          fi
-        fi
-      fi
-    fi }
-L184: /* try_cmpxchg64(table[0], leaf -> 0) */
-  atomic { TOUCH(it_pt);
-    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
-    spt0[it_pt] = 0;
-    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L185
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        TOUCH(root);
-        it_old = spt0[root];
-        if
-          :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
-          :: else -> it_old = 0;
-          it_pt = 0;
-          xold = 0;
-          goto L197
-        fi
-      fi
-    fi }
-L185: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L186 }
-L186: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L187 }
-L187: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L188 }
-L188: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L189
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      TOUCH(root);
-      it_old = spt0[root];
-      if
-        :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
-        :: else -> it_old = 0;
-        it_pt = 0;
-        xold = 0;
-        goto L197
-      fi
-    fi }
-L189: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L190 }
-L190: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L191 }
-L191: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L192 }
-L192: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    TOUCH(root);
-    it_old = spt0[root];
-    if
-      :: ((it_old != 0 && it_old != REMOVED)) -> goto L193
-      :: else -> it_old = 0;
-      it_pt = 0;
-      xold = 0;
-      goto L197
-    fi }
-L193: /* try_cmpxchg64(root[0], table -> 0) */
-  atomic { TOUCH(root);
-    assert(spt0[root] == it_old)  /* retry: not modeled */;
-    spt0[root] = 0;
-    tdp_pages--;
-    goto L194 }
-L194: /* xchg(table[0], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt0[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt0[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L195 }
-L195: /* xchg(table[1], REMOVED) */
-  atomic { TOUCH(it_old);
-    xold = spt1[it_old];
-    assert(xold != REMOVED)  /* another freezer: not modeled */;
-    spt1[it_old] = REMOVED;
-    if
-  :: xold == LEAF -> pg_referenced = 1
-  :: else
-  fi;
-    goto L196 }
-L196: /* call_rcu(table) */
-  atomic { CALL_RCU(it_old);
-    NO_GUEST_ON(root);
-    it_old = 0;
-    it_pt = 0;
-    xold = 0;
-    goto L197 }
-L197: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L198 }
-L198: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L199
-      :: else -> goto L203
-    fi }
-L199: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L200 }
-L200: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L201 }
-L201: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L202 }
-L202: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L203 }
-L203: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L204 }
-L204: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L205
-      :: else -> goto L211
-    fi }
-L205: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L211
-      :: else -> goto L206
-    fi }
-L206: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L207
-      :: else -> goto L211
-    fi }
-L207: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L211
-      :: else -> goto L208
-    fi }
-L208: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L209
-      :: else -> goto L211
-    fi }
-L209: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L211
-      :: else -> goto L210
-    fi }
-L210: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L211: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L212 }
-L212: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L213
-      :: else -> root = pos;
-      pos = 0;
-      assert(false)
-    fi }
-L213: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L214 }
-L214: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L215 }
-L215: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L216 }
-L216: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    assert(false) }
-L217: /* read_unlock(mmu_lock) */
+L91: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     assert(tdp_pages == 0)  /* WARN_ON(atomic64_read(&kvm->arch.tdp_mmu_pages)) */;
     assert(nxt[0] == 0)  /* WARN_ON(!list_empty(&kvm->arch.tdp_mmu_roots)) */;
-    goto L218 }
-L218: /* rcu_barrier() */
+    goto L92 }
+L92: /* rcu_barrier() */
   atomic { (ncb == 0);
     FINAL_CHECKS();
     goto Lend }
@@ -4840,10 +2196,21 @@ Lend: end_done: false
    tdp_mmu_free_sp_rcu_callback() frees the root or table (kfree) */
 active proctype rcu() {
   byte k;
+#ifdef PY_LOCALS
+  /* The Python daemon's frame keeps the locals of the last batch it ran (pending,
+     i, obj, fn, _, result: python's frame fingerprint hashes them, dead or not). Only
+     for the equivalence check, with spin -o1 (no dead-variable reset): see docs/design.md. */
+  byte py_pending_obj[MAXCB], py_pending_wait[MAXCB], py_npending, py_i, py_obj;
+#endif
 end_rcu:
   do
   :: atomic { (CB_READY_ANY) ->
        k = 0; do :: cb_wait[k] == 0 -> break :: else -> k++ od;
+#ifdef PY_LOCALS
+       py_npending = ncb; py_i = k; py_obj = cb_obj[k];
+       i = 0; do :: i < MAXCB -> py_pending_obj[i] = cb_obj[i]; py_pending_wait[i] = cb_wait[i]; i++
+              :: else -> break od; i = 0;
+#endif
        o_freed[cb_obj[k]] = 1;
        do :: k + 1 < ncb -> cb_obj[k] = cb_obj[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
           :: else -> break od;

@@ -5,6 +5,12 @@ model, page tables under the roots included.
     python bench/promela/gen.py            # rewrites memslot_delete.pml
     spin -a -DN=2 memslot_delete.pml       # N vCPUs (1..4), default 1
     spin -a -DN=2 -DMUTANT_ZAP_UNSCHEDULED memslot_delete.pml
+    spin -o1 -a -DN=2 -DPY_LOCALS memslot_delete.pml   # tdpmmu's exact state count
+
+The last line is the equivalence check (docs/design.md, "Side by side with SPIN"): with
+SPIN's dead-variable reset off (-o1) and the RCU daemon keeping the dead locals of its
+last batch as Python's frame does (-DPY_LOCALS), pan -DNOREDUCE stores exactly as many
+states as `tdpmmu check memslot-delete --search plain --no-symmetry`.
 
 How it is built. Every Python `yield Op(...)` becomes one step
 `Lk: atomic { guard -> effect; <plain code up to the next Op> }`: the effect of the Op

@@ -8,7 +8,8 @@ For each vCPU count, in this one process and one after the other (so the timings
 the machine's load): generates bench/promela/memslot_delete.pml's model into a temp dir
 (bench/promela/gen.py), runs `spin -a -DN=n`, compiles pan twice with gcc -O2 -DSAFETY
 (SPIN's default partial-order reduction, and -DNOREDUCE without it), runs each pan, then
-runs `tdpmmu check memslot-delete --vcpus n --json`. Prints one table; ratios are
+runs `python -m tdpmmu check memslot-delete --vcpus n --json` from this checkout
+(PYTHONPATH=src, whatever `tdpmmu` is installed). Prints one table; ratios are
 tdpmmu's time-to-verdict over SPIN's (POR build), with and without SPIN's compile time
 (spin -a + gcc). Nothing is written into the repository.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
 GEN = HERE / "promela" / "gen.py"
 MUTANT = "zap-unscheduled-roots"
 
@@ -44,10 +47,10 @@ def ensure_spin() -> str:
 
 
 def timed(
-    cmd: list[str], cwd: Path, timeout: float | None = None
+    cmd: list[str], cwd: Path, timeout: float | None = None, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     return p, time.perf_counter() - t0
 
 
@@ -95,20 +98,24 @@ def run_spin(
     if p.returncode:
         raise RuntimeError(p.stdout + p.stderr)
     res: dict[str, object] = {"spin_a_seconds": spin_a}
-    for reduce in (True, False):
+    for reduce in (True, False) if args.builds == "both" else (True,):
         r = run_pan(work, n, mutant, reduce, args.hashbits, args.collapse, args.depth)
         res["por" if reduce else "noreduce"] = r
     return res
 
 
 def run_tdpmmu(n: int, mutant: bool, args: argparse.Namespace) -> dict[str, object]:
-    cmd = ["tdpmmu", "check", "memslot-delete", "--vcpus", str(n), "--json",
+    cmd = [sys.executable, "-m", "tdpmmu", "check", "memslot-delete", "--vcpus", str(n), "--json",
            "--time-limit", str(args.time_limit), "--shrink-time", "0"]
     if mutant:
         cmd += ["--mutant", MUTANT]
+    if args.search:
+        cmd += ["--search", args.search]
     if args.no_symmetry:
         cmd.append("--no-symmetry")
-    p, wall = timed(cmd, Path.cwd())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    p, wall = timed(cmd, Path.cwd(), env=env)
     try:
         out = json.loads(p.stdout)
     except json.JSONDecodeError:
@@ -131,10 +138,13 @@ def main() -> None:
     ap.add_argument("--vcpus", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--time-limit", type=float, default=600.0, help="tdpmmu --time-limit (s)")
     ap.add_argument("--mutant", action="store_true", help=f"both sides with {MUTANT}")
+    ap.add_argument("--search", choices=("dpor", "plain"), help="tdpmmu --search (default: its own, DPOR)")
     ap.add_argument("--no-symmetry", action="store_true", help="tdpmmu without vCPU symmetry")
     ap.add_argument("--depth", type=int, default=100000, help="initial pan -m")
     ap.add_argument("--hashbits", type=int, default=24, help="pan -w")
     ap.add_argument("--collapse", action="store_true", help="compile pan with -DCOLLAPSE")
+    ap.add_argument("--builds", choices=("both", "por"), default="both",
+                    help="pan builds: POR and -DNOREDUCE (default), or POR only (large N)")
     ap.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = ap.parse_args()
 
@@ -154,7 +164,8 @@ def main() -> None:
 
     print(f"{version}; gcc -O2 -DSAFETY; pan -w{args.hashbits}"
           f"{' -DCOLLAPSE' if args.collapse else ''}; tdpmmu "
-          f"{'--no-symmetry' if args.no_symmetry else '(default: cache + symmetry)'}"
+          f"{'--search ' + args.search if args.search else '(default search: DPOR + cache)'}"
+          f"{' --no-symmetry' if args.no_symmetry else ''}"
           f"{'; mutant ' + MUTANT if args.mutant else ''}")
     head = ["N", "spin verdict", "spin states", "spin s", "states NOREDUCE", "s NOREDUCE",
             "compile s", "tdpmmu verdict", "tdpmmu states", "tdpmmu s",
@@ -162,7 +173,8 @@ def main() -> None:
     lines = [head]
     for r in rows:
         s, t = r["spin"], r["tdpmmu"]
-        por, nor = s["por"], s["noreduce"]
+        por = s["por"]
+        nor = s.get("noreduce") or {"verdict": por["verdict"], "states": None, "seconds": None}
         compile_s = s["spin_a_seconds"] + por["gcc_seconds"]
         spin_verdict = por["verdict"] + (f" ({por['violation']})" if por["violation"] else "")
         if nor["verdict"] != por["verdict"]:
@@ -171,7 +183,7 @@ def main() -> None:
         tv = t["verdict"] + (f" ({t['violation']})" if t.get("violation") else "")
         lines.append([
             str(r["vcpus"]), spin_verdict, fmt(por["states"]), f"{por['seconds']:.2f}",
-            fmt(nor["states"]), f"{nor['seconds']:.2f}", f"{compile_s:.2f}",
+            fmt(nor["states"]), fmt(nor["seconds"], ".2f"), f"{compile_s:.2f}",
             tv, fmt(t["states"]), f"{t['seconds']:.2f}",
             f"{lb}{t['seconds'] / (por['seconds'] + compile_s):.2f}x",
             f"{lb}{t['seconds'] / por['seconds']:.0f}x",

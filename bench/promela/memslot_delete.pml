@@ -10,7 +10,9 @@
 #ifndef N
 #define N 1
 #endif
-#define MAXR 2          /* roots 1..MAXR; node 0 is the list head */
+#define MAXR 2          /* roots ever allocated */
+#define MAXOBJ (MAXR + 2 * N) /* roots and tables ever allocated: a fault allocates at most one table */
+#define MAXCB 4               /* pending RCU callbacks: two roots, one linked table each */
 #define NT (N + 3)            /* threads */
 #define MAXN 4
 #if N > MAXN
@@ -24,16 +26,25 @@
 #define MUTANT 0
 #endif
 
-/* struct kvm_mmu_page, for roots 1..MAXR (index 0 unused) */
-bool r_freed[MAXR + 1];       /* kfree()d by the RCU callback: any access is a use-after-free */
-bool r_invalid[MAXR + 1];     /* role.invalid */
-bool r_sched[MAXR + 1];       /* tdp_mmu_scheduled_root_to_zap */
-bool r_spte[MAXR + 1];        /* sptes: the gfn-0 leaf */
-byte r_ref[MAXR + 1];         /* tdp_mmu_root_count */
-byte nroots;                  /* roots allocated so far (root n is the n-th) */
+/* struct kvm_mmu_page: objects 1..nobj in allocation order, roots and child tables alike
+   (tdpmmu's object ids; index 0 unused) */
+byte nobj;                    /* objects allocated so far (NEXT_OID) */
+bool o_root[MAXOBJ + 1];      /* a root (role.level 2), else a child table (level 1) */
+bool o_freed[MAXOBJ + 1];     /* kfree()d: any access is a use-after-free */
+byte spt0[MAXOBJ + 1];        /* sp->spt[0], spt[1]: an SPTE (0, a table's index, LEAF, REMOVED) */
+byte spt1[MAXOBJ + 1];
+bool r_invalid[MAXOBJ + 1];   /* role.invalid (roots) */
+bool r_sched[MAXOBJ + 1];     /* tdp_mmu_scheduled_root_to_zap */
+byte r_ref[MAXOBJ + 1];       /* tdp_mmu_root_count */
+byte nroots;                  /* roots allocated so far (a function of o_root[]: for the bound) */
 /* kvm->arch.tdp_mmu_roots: list_head links, node 0 = head */
-byte nxt[MAXR + 1];
-byte prv[MAXR + 1];
+byte nxt[MAXOBJ + 1];
+byte prv[MAXOBJ + 1];
+byte tdp_pages;               /* kvm->arch.tdp_mmu_pages: linked child tables */
+
+/* struct page of gfn 0 (the mm maps it at hva 0 for the whole run) */
+byte pg_ref = 1;              /* _refcount: the mm's, plus one per fault between gup and release */
+bool pg_referenced;           /* flags: PG_referenced, set by the A/D write-back of a zapped young leaf */
 
 /* kvm->mmu_lock: queued rwlock (new readers wait behind a queued writer) */
 bool rd[NT];
@@ -47,8 +58,8 @@ byte slots_lock = NOBODY;     /* kvm->slots_lock */
 /* RCU */
 byte rcu_depth[NT];
 byte rcu_mask;                /* threads inside a read-side section (derived) */
-byte cb_root[MAXR];           /* pending callbacks, oldest first */
-byte cb_wait[MAXR];           /* readers each still waits for */
+byte cb_obj[MAXCB];           /* pending callbacks (tdp_mmu_free_sp_rcu_callback), oldest first */
+byte cb_wait[MAXCB];          /* readers each still waits for */
 byte ncb;
 
 /* vCPUs */
@@ -64,7 +75,13 @@ bool unannounced;             /* ghost: invalidated, request not yet posted */
 bit valid_gen;                /* arch.mmu_valid_gen */
 byte i;                       /* scratch of loops inside one atomic step; always 0 between */
 
-#define TOUCH(r)   assert(!r_freed[r])   /* use-after-free */
+#define TOUCH(r)   assert(!o_freed[r])   /* use-after-free */
+#define LEAF 250              /* make_spte(page0): a present, young 4K leaf */
+#define REMOVED 251           /* REMOVED_SPTE */
+#define RET_PF_RETRY 1
+#define RET_PF_FIXED 3
+#define RET_PF_SPURIOUS 4
+#define NEW_OBJ(v) assert(nobj < MAXOBJ); nobj++; v = nobj  /* kzalloc() */
 
 #define LIST_ADD(r) nxt[r] = nxt[0]; prv[r] = 0; prv[nxt[0]] = r; nxt[0] = r
 #define LIST_DEL(r) assert(prv[r] != POISON); prv[nxt[r]] = prv[r]; nxt[prv[r]] = nxt[r]; prv[r] = POISON
@@ -74,7 +91,7 @@ byte i;                       /* scratch of loops inside one atomic step; always
   rcu_mask = rcu_mask & ~(1 << _pid); \
   i = 0; do :: i < ncb -> cb_wait[i] = cb_wait[i] & ~(1 << _pid); i++ :: else -> break od; i = 0
 
-#define CALL_RCU(r) assert(ncb < MAXR); cb_root[ncb] = r; cb_wait[ncb] = rcu_mask; ncb++
+#define CALL_RCU(r) assert(ncb < MAXCB); cb_obj[ncb] = r; cb_wait[ncb] = rcu_mask; ncb++
 
 /* kvm_make_all_cpus_request(): post to every vCPU */
 #define POST_ALL() i = 0; do :: i < N -> req[i] = 1; i++ :: else -> break od; i = 0
@@ -106,28 +123,31 @@ byte i;                       /* scratch of loops inside one atomic step; always
   od; assert(rcu_cnt <= 1); i = 0; rcu_cnt = 0
 byte rcu_cnt;                 /* scratch of CHECK_ROOTS */
 
-/* check_fast_zap_complete(): no live invalid root maps anything */
+/* check_fast_zap_complete(): no live invalid root maps anything (a leaf in its table) */
 #define FAST_ZAP_COMPLETE() \
-  i = 1; do :: i <= nroots -> assert(r_freed[i] || !(r_invalid[i] && r_spte[i])); i++ \
+  i = 1; do :: i <= nobj -> \
+     if :: o_root[i] && !o_freed[i] && r_invalid[i] && spt0[i] != 0 -> \
+           assert(spt0[spt0[i]] != LEAF && spt1[spt0[i]] != LEAF) \
+     :: else fi; i++ \
   :: else -> break od; i = 0
 
-/* check_final(): list empty, every root freed, no callback left */
+/* check_final(): list empty, every root and table freed, no callback left */
 #define FINAL_CHECKS() \
   assert(nxt[0] == 0); assert(ncb == 0); \
-  i = 1; do :: i <= nroots -> assert(r_freed[i]); i++ :: else -> break od; i = 0
+  i = 1; do :: i <= nobj -> assert(o_freed[i]); i++ :: else -> break od; i = 0
 
 #define CB_READY(k) (ncb > k && cb_wait[k] == 0)
 
-#define CB_READY_ANY (CB_READY(0) || CB_READY(1))
+#define CB_READY_ANY (CB_READY(0) || CB_READY(1) || CB_READY(2) || CB_READY(3))
 
 active [N] proctype vcpu() {
-  byte root, pos; bit snap, ch;
+  byte root, pos, it_pt, it_old, sp, ret;
 L0: /* kvm_request_pending(vcpu) */
   atomic { if
       :: (req[_pid]) -> goto L1
       :: else -> if
         :: (hpa[_pid] == 0) -> goto L10
-        :: else -> goto L28
+        :: else -> goto L22
       fi
     fi }
 L1: /* kvm_check_request(KVM_REQ_VM_DEAD) */
@@ -140,12 +160,12 @@ L2: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
         :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L3
         :: else -> if
           :: (hpa[_pid] == 0) -> goto L10
-          :: else -> goto L28
+          :: else -> goto L22
         fi
       fi
       :: else -> if
         :: (hpa[_pid] == 0) -> goto L10
-        :: else -> goto L28
+        :: else -> goto L22
       fi
     fi }
 L3: /* read_lock(mmu_lock) */
@@ -188,7 +208,7 @@ L9: /* read_unlock(mmu_lock) */
     nrd--;
     if
       :: (hpa[_pid] == 0) -> goto L10
-      :: else -> goto L28
+      :: else -> goto L22
     fi }
 L10: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
@@ -209,7 +229,7 @@ L12: /* list_first_or_null_rcu() */
         :: (!r_invalid[pos]) -> goto L13
         :: else -> goto L14
       fi
-      :: else -> goto L19
+      :: else -> goto L15
     fi }
 L13: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -218,7 +238,7 @@ L13: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L19
+      :: (r_ref[pos] != 0) -> goto L15
       :: else -> goto L14
     fi }
 L14: /* list_next_or_null_rcu(pos) */
@@ -228,32 +248,44 @@ L14: /* list_next_or_null_rcu(pos) */
     if
       :: (pos != 0) -> TOUCH(pos);
       if
-        :: (!r_invalid[pos]) -> goto L15
-        :: else -> goto L16
+        :: (!r_invalid[pos]) -> goto L13
+        :: else -> goto L14
       fi
-      :: else -> goto L19
+      :: else -> goto L15
     fi }
-L15: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
+L15: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
     if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
   fi;
+    root = pos;
+    pos = 0;
     if
-      :: (r_ref[pos] != 0) -> goto L19
+      :: (root != 0) -> TOUCH(root);
+      assert(!r_invalid[root]);
+      goto L21
       :: else -> goto L16
     fi }
-L16: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
+L16: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    pos = nxt[0];
+    do
+  :: pos != 0 -> TOUCH(pos);
+     if :: r_invalid[pos] -> pos = nxt[pos] :: else -> break fi
+  :: else -> break
+  od;
     if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L17
-        :: else -> goto L18
-      fi
-      :: else -> goto L19
+      :: (pos != 0) -> goto L17
+      :: else -> pos = 0;
+      NEW_OBJ(root);
+      o_root[root] = 1;
+      nroots++;
+      assert(nroots <= MAXR);
+      goto L18
     fi }
 L17: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -262,15 +294,243 @@ L17: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L19
-      :: else -> goto L18
+      :: (r_ref[pos] != 0) -> root = pos;
+      pos = 0;
+      goto L20
+      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L18: /* list_next_or_null_rcu(pos) */
+L18: /* refcount_set(root, 2) */
+  atomic { r_ref[root] = 2;
+    goto L19 }
+L19: /* list_add_rcu(root) */
+  atomic { LIST_ADD(root);
+    CHECK_ROOTS();
+    pos = 0;
+    goto L20 }
+L20: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L21 }
+L21: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    hpa[_pid] = root;
+    root = 0;
+    goto L22 }
+L22: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
+  atomic { mode[_pid] = 1;
+    nguest++;
+    goto L23 }
+L23: /* kvm_request_pending(vcpu) (exit request) */
+  atomic { if
+      :: (req[_pid]) -> mode[_pid] = 0;
+      nguest--;
+      goto L34
+      :: else -> TOUCH(hpa[_pid]);
+      assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
+      in_guest[_pid] = 1;
+      goto L24
+    fi }
+L24: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
+  atomic { mode[_pid] = 0;
+    nguest--;
+    in_guest[_pid] = 0;
+    goto L25 }
+L25: /* READ_ONCE(kvm->mmu_invalidate_seq) */
+  atomic { goto L26 }
+L26: /* get_user_pages(page0) */
+  atomic { pg_ref++;
+    ret = RET_PF_RETRY;
+    goto L27 }
+L27: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    TOUCH(hpa[_pid]);
+    if
+      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L32
+      :: else -> goto L28
+    fi }
+L28: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    TOUCH(hpa[_pid]);
+    it_old = spt0[hpa[_pid]];
+    if
+      :: (it_old == REMOVED) -> goto L31
+      :: else -> if
+        :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+        TOUCH(it_pt);
+        it_old = spt0[it_pt];
+        if
+          :: (it_old == REMOVED) -> goto L31
+          :: else -> if
+            :: (it_old == LEAF) -> ret = RET_PF_SPURIOUS;
+            goto L31
+            :: else -> goto L30
+          fi
+        fi
+        :: else -> NEW_OBJ(sp);
+        goto L29
+      fi
+    fi }
+L29: /* try_cmpxchg64(root[0], 0 -> table) */
+  atomic { TOUCH(hpa[_pid]);
+    if
+      :: (spt0[hpa[_pid]] != it_old) -> it_old = spt0[hpa[_pid]];
+      o_freed[sp] = 1  /* tdp_mmu_free_sp() */;
+      goto L31
+      :: else -> spt0[hpa[_pid]] = sp;
+      tdp_pages++;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      it_pt = sp;
+      it_old = spt0[it_pt];
+      goto L30
+    fi }
+L30: /* try_cmpxchg64(table[0], 0 -> leaf) */
+  atomic { TOUCH(it_pt);
+    if
+      :: (spt0[it_pt] != it_old) -> goto L31
+      :: else -> spt0[it_pt] = LEAF;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      ret = RET_PF_FIXED;
+      goto L31
+    fi }
+L31: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
+    it_pt = 0;
+    it_old = 0;
+    sp = 0;
+    goto L32 }
+L32: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    goto L33 }
+L33: /* put_page(page0) */
+  atomic { pg_ref--;
+    assert(pg_ref > 0)  /* the mm's reference */;
+    ret = 0;
+    goto L34 }
+L34: /* kvm_request_pending(vcpu) */
+  atomic { if
+      :: (req[_pid]) -> goto L35
+      :: else -> if
+        :: (hpa[_pid] == 0) -> goto L44
+        :: else -> goto L56
+      fi
+    fi }
+L35: /* kvm_check_request(KVM_REQ_VM_DEAD) */
+  atomic { goto L36 }
+L36: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
+  atomic { if
+      :: (req[_pid]) -> req[_pid] = 0;
+      TOUCH(hpa[_pid]);
+      if
+        :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L37
+        :: else -> if
+          :: (hpa[_pid] == 0) -> goto L44
+          :: else -> goto L56
+        fi
+      fi
+      :: else -> if
+        :: (hpa[_pid] == 0) -> goto L44
+        :: else -> goto L56
+      fi
+    fi }
+L37: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    assert(rd[_pid]);
+    goto L38 }
+L38: /* refcount_dec_and_test(hpa[_pid]) */
+  atomic { TOUCH(hpa[_pid]);
+    assert(r_ref[hpa[_pid]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[_pid]]--;
+    if
+      :: (r_ref[hpa[_pid]] == 0) -> assert(r_invalid[hpa[_pid]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L39
+      :: else -> hpa[_pid] = 0;
+      goto L43
+    fi }
+L39: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L40 }
+L40: /* list_del_rcu(hpa[_pid]) */
+  atomic { TOUCH(hpa[_pid]);
+    LIST_DEL(hpa[_pid]);
+    goto L41 }
+L41: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L42 }
+L42: /* call_rcu(hpa[_pid]) */
+  atomic { CALL_RCU(hpa[_pid]);
+    hpa[_pid] = 0;
+    goto L43 }
+L43: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    if
+      :: (hpa[_pid] == 0) -> goto L44
+      :: else -> goto L56
+    fi }
+L44: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L45 }
+L45: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L46 }
+L46: /* list_first_or_null_rcu() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    pos = nxt[0];
+    if
+      :: (pos != 0) -> TOUCH(pos);
+      if
+        :: (!r_invalid[pos]) -> goto L47
+        :: else -> goto L48
+      fi
+      :: else -> goto L49
+    fi }
+L47: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L49
+      :: else -> goto L48
+    fi }
+L48: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L19: /* rcu_read_unlock() */
+    if
+      :: (pos != 0) -> TOUCH(pos);
+      if
+        :: (!r_invalid[pos]) -> goto L47
+        :: else -> goto L48
+      fi
+      :: else -> goto L49
+    fi }
+L49: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -282,267 +542,27 @@ L19: /* rcu_read_unlock() */
     if
       :: (root != 0) -> TOUCH(root);
       assert(!r_invalid[root]);
-      goto L27
-      :: else -> goto L20
-    fi }
-L20: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    pos = nxt[0];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L21
-        :: else -> pos = nxt[pos];
-        if
-          :: (pos != 0) -> TOUCH(pos);
-          if
-            :: (!r_invalid[pos]) -> goto L22
-            :: else -> pos = nxt[pos];
-            if
-              :: (pos != 0) -> TOUCH(pos);
-              if
-                :: (!r_invalid[pos]) -> goto L23
-                :: else -> pos = nxt[pos];
-                assert(false)
-              fi
-              :: else -> pos = 0;
-              nroots++;
-              assert(nroots <= MAXR);
-              root = nroots;
-              goto L24
-            fi
-          fi
-          :: else -> pos = 0;
-          nroots++;
-          assert(nroots <= MAXR);
-          root = nroots;
-          goto L24
-        fi
-      fi
-      :: else -> pos = 0;
-      nroots++;
-      assert(nroots <= MAXR);
-      root = nroots;
-      goto L24
-    fi }
-L21: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L26
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L22: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L26
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L23: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L26
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L24: /* refcount_set(root, 2) */
-  atomic { r_ref[root] = 2;
-    goto L25 }
-L25: /* list_add_rcu(root) */
-  atomic { LIST_ADD(root);
-    CHECK_ROOTS();
-    pos = 0;
-    goto L26 }
-L26: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L27 }
-L27: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    hpa[_pid] = root;
-    root = 0;
-    goto L28 }
-L28: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
-  atomic { mode[_pid] = 1;
-    nguest++;
-    goto L29 }
-L29: /* kvm_request_pending(vcpu) (exit request) */
-  atomic { if
-      :: (req[_pid]) -> mode[_pid] = 0;
-      nguest--;
-      goto L36
-      :: else -> TOUCH(hpa[_pid]);
-      assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
-      in_guest[_pid] = 1;
-      goto L30
-    fi }
-L30: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
-  atomic { mode[_pid] = 0;
-    nguest--;
-    in_guest[_pid] = 0;
-    goto L31 }
-L31: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    TOUCH(hpa[_pid]);
-    if
-      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L35
-      :: else -> goto L32
-    fi }
-L32: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L33 }
-L33: /* tdp_mmu_set_spte_atomic(root, 0, leaf) */
-  atomic { TOUCH(hpa[_pid]);
-    assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
-    r_spte[hpa[_pid]] = 1;
-    goto L34 }
-L34: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L35 }
-L35: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L36 }
-L36: /* kvm_request_pending(vcpu) */
-  atomic { if
-      :: (req[_pid]) -> goto L37
-      :: else -> if
-        :: (hpa[_pid] == 0) -> goto L46
-        :: else -> goto L64
-      fi
-    fi }
-L37: /* kvm_check_request(KVM_REQ_VM_DEAD) */
-  atomic { goto L38 }
-L38: /* kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) */
-  atomic { if
-      :: (req[_pid]) -> req[_pid] = 0;
-      TOUCH(hpa[_pid]);
-      if
-        :: (hpa[_pid] != 0 && r_invalid[hpa[_pid]]) -> goto L39
-        :: else -> if
-          :: (hpa[_pid] == 0) -> goto L46
-          :: else -> goto L64
-        fi
-      fi
-      :: else -> if
-        :: (hpa[_pid] == 0) -> goto L46
-        :: else -> goto L64
-      fi
-    fi }
-L39: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    assert(rd[_pid]);
-    goto L40 }
-L40: /* refcount_dec_and_test(hpa[_pid]) */
-  atomic { TOUCH(hpa[_pid]);
-    assert(r_ref[hpa[_pid]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[_pid]]--;
-    if
-      :: (r_ref[hpa[_pid]] == 0) -> assert(r_invalid[hpa[_pid]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L41
-      :: else -> hpa[_pid] = 0;
-      goto L45
-    fi }
-L41: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L42 }
-L42: /* list_del_rcu(hpa[_pid]) */
-  atomic { TOUCH(hpa[_pid]);
-    LIST_DEL(hpa[_pid]);
-    goto L43 }
-L43: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L44 }
-L44: /* call_rcu(hpa[_pid]) */
-  atomic { CALL_RCU(hpa[_pid]);
-    hpa[_pid] = 0;
-    goto L45 }
-L45: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (hpa[_pid] == 0) -> goto L46
-      :: else -> goto L64
-    fi }
-L46: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L47 }
-L47: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L48 }
-L48: /* list_first_or_null_rcu() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    pos = nxt[0];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L49
-        :: else -> goto L50
-      fi
-      :: else -> goto L55
-    fi }
-L49: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L55
+      goto L55
       :: else -> goto L50
     fi }
-L50: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
+L50: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    pos = nxt[0];
+    do
+  :: pos != 0 -> TOUCH(pos);
+     if :: r_invalid[pos] -> pos = nxt[pos] :: else -> break fi
+  :: else -> break
+  od;
     if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L51
-        :: else -> goto L52
-      fi
-      :: else -> goto L55
+      :: (pos != 0) -> goto L51
+      :: else -> pos = 0;
+      NEW_OBJ(root);
+      o_root[root] = 1;
+      nroots++;
+      assert(nroots <= MAXR);
+      goto L52
     fi }
 L51: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -551,207 +571,139 @@ L51: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L55
-      :: else -> goto L52
-    fi }
-L52: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L53
-        :: else -> goto L54
-      fi
-      :: else -> goto L55
-    fi }
-L53: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L55
-      :: else -> goto L54
-    fi }
-L54: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L55: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      assert(!r_invalid[root]);
-      goto L63
-      :: else -> goto L56
-    fi }
-L56: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    pos = nxt[0];
-    if
-      :: (pos != 0) -> TOUCH(pos);
-      if
-        :: (!r_invalid[pos]) -> goto L57
-        :: else -> pos = nxt[pos];
-        if
-          :: (pos != 0) -> TOUCH(pos);
-          if
-            :: (!r_invalid[pos]) -> goto L58
-            :: else -> pos = nxt[pos];
-            if
-              :: (pos != 0) -> TOUCH(pos);
-              if
-                :: (!r_invalid[pos]) -> goto L59
-                :: else -> pos = nxt[pos];
-                assert(false)
-              fi
-              :: else -> pos = 0;
-              nroots++;
-              assert(nroots <= MAXR);
-              root = nroots;
-              goto L60
-            fi
-          fi
-          :: else -> pos = 0;
-          nroots++;
-          assert(nroots <= MAXR);
-          root = nroots;
-          goto L60
-        fi
-      fi
-      :: else -> pos = 0;
-      nroots++;
-      assert(nroots <= MAXR);
-      root = nroots;
-      goto L60
-    fi }
-L57: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
       :: (r_ref[pos] != 0) -> root = pos;
       pos = 0;
-      goto L62
+      goto L54
       :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
     fi }
-L58: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L62
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L59: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> root = pos;
-      pos = 0;
-      goto L62
-      :: else -> assert(false)  /* WARN_ON_ONCE(!kvm_tdp_mmu_get_root(root)) */
-    fi }
-L60: /* refcount_set(root, 2) */
+L52: /* refcount_set(root, 2) */
   atomic { r_ref[root] = 2;
-    goto L61 }
-L61: /* list_add_rcu(root) */
+    goto L53 }
+L53: /* list_add_rcu(root) */
   atomic { LIST_ADD(root);
     CHECK_ROOTS();
     pos = 0;
-    goto L62 }
-L62: /* unlock(pages_lock) */
+    goto L54 }
+L54: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L63 }
-L63: /* read_unlock(mmu_lock) */
+    goto L55 }
+L55: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     hpa[_pid] = root;
     root = 0;
-    goto L64 }
-L64: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
+    goto L56 }
+L56: /* WRITE_ONCE(vcpu->mode, IN_GUEST_MODE) */
   atomic { mode[_pid] = 1;
     nguest++;
-    goto L65 }
-L65: /* kvm_request_pending(vcpu) (exit request) */
+    goto L57 }
+L57: /* kvm_request_pending(vcpu) (exit request) */
   atomic { if
       :: (req[_pid]) -> mode[_pid] = 0;
       nguest--;
-      goto L72
+      goto L68
       :: else -> TOUCH(hpa[_pid]);
       assert(!r_invalid[hpa[_pid]] || req[_pid] || unannounced)  /* guest-on-invalid-root */;
       in_guest[_pid] = 1;
-      goto L66
+      goto L58
     fi }
-L66: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
+L58: /* WRITE_ONCE(vcpu->mode, OUTSIDE_GUEST_MODE) */
   atomic { mode[_pid] = 0;
     nguest--;
     in_guest[_pid] = 0;
-    goto L67 }
-L67: /* read_lock(mmu_lock) */
+    goto L59 }
+L59: /* READ_ONCE(kvm->mmu_invalidate_seq) */
+  atomic { goto L60 }
+L60: /* get_user_pages(page0) */
+  atomic { pg_ref++;
+    ret = RET_PF_RETRY;
+    goto L61 }
+L61: /* read_lock(mmu_lock) */
   atomic { (wr == NOBODY && nwq == 0);
     assert(!rd[_pid]);
     rd[_pid] = 1;
     nrd++;
     TOUCH(hpa[_pid]);
     if
-      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L71
-      :: else -> goto L68
+      :: ((hpa[_pid] != 0 && r_invalid[hpa[_pid]]) || (hpa[_pid] == 0 && req[_pid])) -> goto L66
+      :: else -> goto L62
     fi }
-L68: /* rcu_read_lock() */
+L62: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L69 }
-L69: /* tdp_mmu_set_spte_atomic(root, 0, leaf) */
+    TOUCH(hpa[_pid]);
+    it_old = spt0[hpa[_pid]];
+    if
+      :: (it_old == REMOVED) -> goto L65
+      :: else -> if
+        :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+        TOUCH(it_pt);
+        it_old = spt0[it_pt];
+        if
+          :: (it_old == REMOVED) -> goto L65
+          :: else -> if
+            :: (it_old == LEAF) -> ret = RET_PF_SPURIOUS;
+            goto L65
+            :: else -> goto L64
+          fi
+        fi
+        :: else -> NEW_OBJ(sp);
+        goto L63
+      fi
+    fi }
+L63: /* try_cmpxchg64(root[0], 0 -> table) */
   atomic { TOUCH(hpa[_pid]);
-    assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
-    r_spte[hpa[_pid]] = 1;
-    goto L70 }
-L70: /* rcu_read_unlock() */
+    if
+      :: (spt0[hpa[_pid]] != it_old) -> it_old = spt0[hpa[_pid]];
+      o_freed[sp] = 1  /* tdp_mmu_free_sp() */;
+      goto L65
+      :: else -> spt0[hpa[_pid]] = sp;
+      tdp_pages++;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      it_pt = sp;
+      it_old = spt0[it_pt];
+      goto L64
+    fi }
+L64: /* try_cmpxchg64(table[0], 0 -> leaf) */
+  atomic { TOUCH(it_pt);
+    if
+      :: (spt0[it_pt] != it_old) -> goto L65
+      :: else -> spt0[it_pt] = LEAF;
+      assert(!r_invalid[hpa[_pid]])  /* spte-in-invalid-root */;
+      ret = RET_PF_FIXED;
+      goto L65
+    fi }
+L65: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L71 }
-L71: /* read_unlock(mmu_lock) */
+    it_pt = 0;
+    it_old = 0;
+    sp = 0;
+    goto L66 }
+L66: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
-    goto L72 }
-L72: /* kvm_put_kvm() */
+    goto L67 }
+L67: /* put_page(page0) */
+  atomic { pg_ref--;
+    assert(pg_ref > 0)  /* the mm's reference */;
+    ret = 0;
+    goto L68 }
+L68: /* kvm_put_kvm() */
   atomic { users--;
     goto Lend }
 Lend: end_done: false
 }
 
 active proctype memslot() {
-  byte root, pos; bit snap, ch;
+  byte root, pos, it_pt, it_old, xold;
 L0: /* lock(slots_lock) */
   atomic { (slots_lock == NOBODY);
     assert(slots_lock != _pid);
@@ -803,7 +755,7 @@ L9: /* list_first_or_null_rcu() */
     pos = nxt[0];
     if
       :: (pos != 0) -> goto L10
-      :: else -> goto L16
+      :: else -> goto L12
     fi }
 L10: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -812,7 +764,7 @@ L10: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L16
+      :: (r_ref[pos] != 0) -> goto L12
       :: else -> goto L11
     fi }
 L11: /* list_next_or_null_rcu(pos) */
@@ -820,43 +772,10 @@ L11: /* list_next_or_null_rcu(pos) */
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L12
-      :: else -> goto L16
+      :: (pos != 0) -> goto L10
+      :: else -> goto L12
     fi }
-L12: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L16
-      :: else -> goto L13
-    fi }
-L13: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L14
-      :: else -> goto L16
-    fi }
-L14: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L16
-      :: else -> goto L15
-    fi }
-L15: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L16: /* rcu_read_unlock() */
+L12: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -871,142 +790,283 @@ L16: /* rcu_read_unlock() */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L17
-        :: else -> goto L30
+        goto L13
+        :: else -> goto L34
       fi
-      :: else -> goto L98
+      :: else -> goto L44
     fi }
-L17: /* refcount_read(root) */
+L13: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
     assert(rd[_pid]);
-    goto L18 }
-L18: /* rcu_read_lock() */
+    goto L14 }
+L14: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L19
-      :: else -> goto L24
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L15
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L16
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L28
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L16
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L28
+          fi
+        fi
+      fi
     fi }
-L19: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L15: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L20
-      :: else -> ch = 0;
-      goto L23
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L16
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L28
+        fi
+      fi
     fi }
-L20: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L21 }
-L21: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L22 }
-L22: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L23 }
-L23: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L16: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L17 }
+L17: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
-    goto L24 }
-L24: /* rcu_read_unlock() */
+    goto L18 }
+L18: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L19 }
+L19: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L20
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L28
+      fi
+    fi }
+L20: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L21 }
+L21: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L22 }
+L22: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L23 }
+L23: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L24
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L28
+    fi }
+L24: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L25 }
+L25: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L26 }
+L26: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L27 }
+L27: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L28 }
+L28: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L25 }
-L25: /* refcount_dec_and_test(root) */
+    goto L29 }
+L29: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L26
-      :: else -> goto L30
+      goto L30
+      :: else -> goto L34
     fi }
-L26: /* lock(pages_lock) */
+L30: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L27 }
-L27: /* list_del_rcu(root) */
+    goto L31 }
+L31: /* list_del_rcu(root) */
   atomic { TOUCH(root);
     LIST_DEL(root);
-    goto L28 }
-L28: /* unlock(pages_lock) */
+    goto L32 }
+L32: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L29 }
-L29: /* call_rcu(root) */
+    goto L33 }
+L33: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    goto L30 }
-L30: /* rcu_read_lock() */
+    goto L34 }
+L34: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
-    goto L31 }
-L31: /* list_next_or_null_rcu(root) */
+    goto L35 }
+L35: /* list_next_or_null_rcu(root) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(root);
     pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L32
-      :: else -> goto L38
-    fi }
-L32: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L38
-      :: else -> goto L33
-    fi }
-L33: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L34
-      :: else -> goto L38
-    fi }
-L34: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L38
-      :: else -> goto L35
-    fi }
-L35: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
     if
       :: (pos != 0) -> goto L36
       :: else -> goto L38
@@ -1025,7 +1085,10 @@ L37: /* list_next_or_null_rcu(pos) */
   atomic { assert(rcu_depth[_pid] > 0);
     TOUCH(pos);
     pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
+    if
+      :: (pos != 0) -> goto L36
+      :: else -> goto L38
+    fi }
 L38: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
@@ -1049,10 +1112,10 @@ L39: /* refcount_dec_and_test(root) */
         if
           :: (r_sched[root]) -> r_sched[root] = 0;
           assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L44
-          :: else -> goto L57
+          goto L13
+          :: else -> goto L34
         fi
-        :: else -> goto L98
+        :: else -> goto L44
       fi
     fi }
 L40: /* lock(pages_lock) */
@@ -1078,423 +1141,29 @@ L43: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L44
-        :: else -> goto L57
+        goto L13
+        :: else -> goto L34
       fi
-      :: else -> goto L98
+      :: else -> goto L44
     fi }
-L44: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L45 }
-L45: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L46
-      :: else -> goto L51
-    fi }
-L46: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L47
-      :: else -> ch = 0;
-      goto L50
-    fi }
-L47: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L48 }
-L48: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L49 }
-L49: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L50 }
-L50: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L51 }
-L51: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L52 }
-L52: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L53
-      :: else -> goto L57
-    fi }
-L53: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L54 }
-L54: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L55 }
-L55: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L56 }
-L56: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L57 }
-L57: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L58 }
-L58: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L59
-      :: else -> goto L65
-    fi }
-L59: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L65
-      :: else -> goto L60
-    fi }
-L60: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L61
-      :: else -> goto L65
-    fi }
-L61: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L65
-      :: else -> goto L62
-    fi }
-L62: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L63
-      :: else -> goto L65
-    fi }
-L63: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L65
-      :: else -> goto L64
-    fi }
-L64: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L65: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L66 }
-L66: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L67
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> TOUCH(root);
-        r_sched[root] = r_sched[root] || MUTANT;
-        if
-          :: (r_sched[root]) -> r_sched[root] = 0;
-          assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L71
-          :: else -> goto L84
-        fi
-        :: else -> goto L98
-      fi
-    fi }
-L67: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L68 }
-L68: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L69 }
-L69: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L70 }
-L70: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      r_sched[root] = r_sched[root] || MUTANT;
-      if
-        :: (r_sched[root]) -> r_sched[root] = 0;
-        assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L71
-        :: else -> goto L84
-      fi
-      :: else -> goto L98
-    fi }
-L71: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L72 }
-L72: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L73
-      :: else -> goto L78
-    fi }
-L73: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L74
-      :: else -> ch = 0;
-      goto L77
-    fi }
-L74: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L75 }
-L75: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L76 }
-L76: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L77 }
-L77: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L78 }
-L78: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L79 }
-L79: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L80
-      :: else -> goto L84
-    fi }
-L80: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L81 }
-L81: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L82 }
-L82: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L83 }
-L83: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L84 }
-L84: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L85 }
-L85: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L86
-      :: else -> goto L92
-    fi }
-L86: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L92
-      :: else -> goto L87
-    fi }
-L87: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L88
-      :: else -> goto L92
-    fi }
-L88: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L92
-      :: else -> goto L89
-    fi }
-L89: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L90
-      :: else -> goto L92
-    fi }
-L90: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L92
-      :: else -> goto L91
-    fi }
-L91: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L92: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L93 }
-L93: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L94
-      :: else -> root = pos;
-      pos = 0;
-      assert(false)
-    fi }
-L94: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L95 }
-L95: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L96 }
-L96: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L97 }
-L97: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    assert(false) }
-L98: /* read_unlock(mmu_lock) */
+L44: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
     FAST_ZAP_COMPLETE();
-    goto L99 }
-L99: /* unlock(slots_lock) */
+    goto L45 }
+L45: /* unlock(slots_lock) */
   atomic { assert(slots_lock == _pid);
     slots_lock = NOBODY;
-    goto L100 }
-L100: /* kvm_put_kvm() */
+    goto L46 }
+L46: /* kvm_put_kvm() */
   atomic { users--;
     goto Lend }
 Lend: end_done: false
 }
 
 active proctype destroy() {
-  byte root, pos; bit snap, ch;
+  byte root, pos, it_pt, it_old, xold;
 L0: /* wait_event(users_count == 0) */
   atomic { (users == 0);
     goto L1 }
@@ -1521,7 +1190,7 @@ L4: /* list_first_or_null_rcu() */
     pos = nxt[0];
     if
       :: (pos != 0) -> goto L5
-      :: else -> goto L11
+      :: else -> goto L7
     fi }
 L5: /* refcount_inc_not_zero(pos) */
   atomic { TOUCH(pos);
@@ -1530,7 +1199,7 @@ L5: /* refcount_inc_not_zero(pos) */
   :: else -> r_ref[pos]++
   fi;
     if
-      :: (r_ref[pos] != 0) -> goto L11
+      :: (r_ref[pos] != 0) -> goto L7
       :: else -> goto L6
     fi }
 L6: /* list_next_or_null_rcu(pos) */
@@ -1538,43 +1207,10 @@ L6: /* list_next_or_null_rcu(pos) */
     TOUCH(pos);
     pos = nxt[pos];
     if
-      :: (pos != 0) -> goto L7
-      :: else -> goto L11
+      :: (pos != 0) -> goto L5
+      :: else -> goto L7
     fi }
-L7: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L11
-      :: else -> goto L8
-    fi }
-L8: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L9
-      :: else -> goto L11
-    fi }
-L9: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L11
-      :: else -> goto L10
-    fi }
-L10: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L11: /* rcu_read_unlock() */
+L7: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
@@ -1584,491 +1220,843 @@ L11: /* rcu_read_unlock() */
     root = pos;
     pos = 0;
     if
-      :: (root != 0) -> goto L12
-      :: else -> goto L81
-    fi }
-L12: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(wr == _pid);
-    goto L13 }
-L13: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L14
-      :: else -> goto L20
-    fi }
-L14: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L15
-      :: else -> ch = 0;
-      goto L19
-    fi }
-L15: /* rcu_read_unlock() + cond_resched_rwlock_write */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(wr == _pid);
-    wr = NOBODY;
-    goto L16 }
-L16: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L17
-      :: else -> goto L18
-    fi }
-L17: /* write_lock(mmu_lock) (queued) */
-  atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
-    wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
-    wr = _pid;
-    goto L18 }
-L18: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L19 }
-L19: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L20 }
-L20: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L21 }
-L21: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L22 }
-L22: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L23
-      :: else -> goto L29
-    fi }
-L23: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L29
+      :: (root != 0) -> goto L8
       :: else -> goto L24
     fi }
-L24: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
+L8: /* refcount_read(root) */
+  atomic { TOUCH(root);
+    assert(r_ref[root] != 0)  /* WARN */;
+    assert(wr == _pid);
+    goto L9 }
+L9: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (pos != 0) -> goto L25
-      :: else -> goto L29
-    fi }
-L25: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[it_pt] = 0;
+        pg_referenced = 1;
+        it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L29
-      :: else -> goto L26
-    fi }
-L26: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L27
-      :: else -> goto L29
-    fi }
-L27: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L29
-      :: else -> goto L28
+          goto L10
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L11
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L12
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L13
+            fi
+          fi
+        fi
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L10
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L11
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+              tdp_pages--;
+              TOUCH(it_old);
+              if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+              goto L12
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L13
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L10
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+          tdp_pages--;
+          TOUCH(it_old);
+          if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+          goto L11
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+            tdp_pages--;
+            TOUCH(it_old);
+            if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+            goto L12
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L13
+          fi
+        fi
+      fi
     fi }
-L28: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L29: /* rcu_read_unlock() */
+L10: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L11
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+        tdp_pages--;
+        TOUCH(it_old);
+        if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+        goto L12
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L13
+      fi
+    fi }
+L11: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
+    if
+      :: ((it_old != 0 && it_old != REMOVED)) -> spt0[root] = 0;
+      tdp_pages--;
+      TOUCH(it_old);
+      if
+  :: spt0[it_old] == LEAF -> spt0[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      if
+  :: spt1[it_old] == LEAF -> spt1[it_old] = REMOVED; pg_referenced = 1
+  :: else
+  fi;
+      goto L12
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L13
+    fi }
+L12: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L13 }
+L13: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
     if
   :: rcu_depth[_pid] == 0 -> RCU_QS()
   :: else
   fi;
-    goto L30 }
-L30: /* refcount_dec_and_test(root) */
+    goto L14 }
+L14: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L15 }
+L15: /* list_next_or_null_rcu(root) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(root);
+    pos = nxt[root];
+    if
+      :: (pos != 0) -> goto L16
+      :: else -> goto L18
+    fi }
+L16: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L18
+      :: else -> goto L17
+    fi }
+L17: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L16
+      :: else -> goto L18
+    fi }
+L18: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
+    goto L19 }
+L19: /* refcount_dec_and_test(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] > 0)  /* underflow; use-after-free */;
     r_ref[root]--;
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L20
+      :: else -> root = pos;
+      pos = 0;
+      if
+        :: (root != 0) -> goto L8
+        :: else -> goto L24
+      fi
+    fi }
+L20: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L21 }
+L21: /* list_del_rcu(root) */
+  atomic { TOUCH(root);
+    LIST_DEL(root);
+    goto L22 }
+L22: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L23 }
+L23: /* call_rcu(root) */
+  atomic { CALL_RCU(root);
+    root = pos;
+    pos = 0;
+    if
+      :: (root != 0) -> goto L8
+      :: else -> goto L24
+    fi }
+L24: /* write_unlock(mmu_lock) */
+  atomic { assert(wr == _pid);
+    wr = NOBODY;
+    if
+      :: (0 < N && hpa[0] != 0) -> goto L25
+      :: else -> if
+        :: (1 < N && hpa[1] != 0) -> goto L32
+        :: else -> if
+          :: (2 < N && hpa[2] != 0) -> goto L39
+          :: else -> if
+            :: (3 < N && hpa[3] != 0) -> goto L46
+            :: else -> goto L53
+          fi
+        fi
+      fi
+    fi }
+L25: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L26 }
+L26: /* refcount_dec_and_test(hpa[0]) */
+  atomic { TOUCH(hpa[0]);
+    assert(r_ref[hpa[0]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[0]]--;
+    if
+      :: (r_ref[hpa[0]] == 0) -> assert(r_invalid[hpa[0]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L27
+      :: else -> hpa[0] = 0;
       goto L31
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> goto L35
-        :: else -> goto L81
-      fi
     fi }
-L31: /* lock(pages_lock) */
+L27: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L32 }
-L32: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
+    goto L28 }
+L28: /* list_del_rcu(hpa[0]) */
+  atomic { TOUCH(hpa[0]);
+    LIST_DEL(hpa[0]);
+    goto L29 }
+L29: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L30 }
+L30: /* call_rcu(hpa[0]) */
+  atomic { CALL_RCU(hpa[0]);
+    hpa[0] = 0;
+    goto L31 }
+L31: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    if
+      :: (1 < N && hpa[1] != 0) -> goto L32
+      :: else -> if
+        :: (2 < N && hpa[2] != 0) -> goto L39
+        :: else -> if
+          :: (3 < N && hpa[3] != 0) -> goto L46
+          :: else -> goto L53
+        fi
+      fi
+    fi }
+L32: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
     goto L33 }
-L33: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L34 }
-L34: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
+L33: /* refcount_dec_and_test(hpa[1]) */
+  atomic { TOUCH(hpa[1]);
+    assert(r_ref[hpa[1]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[1]]--;
     if
-      :: (root != 0) -> goto L35
-      :: else -> goto L81
-    fi }
-L35: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(wr == _pid);
-    goto L36 }
-L36: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L37
-      :: else -> goto L43
-    fi }
-L37: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
+      :: (r_ref[hpa[1]] == 0) -> assert(r_invalid[hpa[1]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L34
+      :: else -> hpa[1] = 0;
       goto L38
-      :: else -> ch = 0;
-      goto L42
     fi }
-L38: /* rcu_read_unlock() + cond_resched_rwlock_write */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(wr == _pid);
-    wr = NOBODY;
-    goto L39 }
-L39: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L40
-      :: else -> goto L41
-    fi }
-L40: /* write_lock(mmu_lock) (queued) */
-  atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
-    wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
-    wr = _pid;
-    goto L41 }
-L41: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L42 }
-L42: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L43 }
-L43: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L44 }
-L44: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L45 }
-L45: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L46
-      :: else -> goto L52
-    fi }
-L46: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L52
-      :: else -> goto L47
-    fi }
-L47: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L48
-      :: else -> goto L52
-    fi }
-L48: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L52
-      :: else -> goto L49
-    fi }
-L49: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L50
-      :: else -> goto L52
-    fi }
-L50: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L52
-      :: else -> goto L51
-    fi }
-L51: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L52: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L53 }
-L53: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L54
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> goto L58
-        :: else -> goto L81
-      fi
-    fi }
-L54: /* lock(pages_lock) */
+L34: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
     assert(pages_lock != _pid);
     pages_lock = _pid;
-    goto L55 }
-L55: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L56 }
-L56: /* unlock(pages_lock) */
+    goto L35 }
+L35: /* list_del_rcu(hpa[1]) */
+  atomic { TOUCH(hpa[1]);
+    LIST_DEL(hpa[1]);
+    goto L36 }
+L36: /* unlock(pages_lock) */
   atomic { assert(pages_lock == _pid);
     pages_lock = NOBODY;
-    goto L57 }
-L57: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
+    goto L37 }
+L37: /* call_rcu(hpa[1]) */
+  atomic { CALL_RCU(hpa[1]);
+    hpa[1] = 0;
+    goto L38 }
+L38: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    if
+      :: (2 < N && hpa[2] != 0) -> goto L39
+      :: else -> if
+        :: (3 < N && hpa[3] != 0) -> goto L46
+        :: else -> goto L53
+      fi
+    fi }
+L39: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L40 }
+L40: /* refcount_dec_and_test(hpa[2]) */
+  atomic { TOUCH(hpa[2]);
+    assert(r_ref[hpa[2]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[2]]--;
+    if
+      :: (r_ref[hpa[2]] == 0) -> assert(r_invalid[hpa[2]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L41
+      :: else -> hpa[2] = 0;
+      goto L45
+    fi }
+L41: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L42 }
+L42: /* list_del_rcu(hpa[2]) */
+  atomic { TOUCH(hpa[2]);
+    LIST_DEL(hpa[2]);
+    goto L43 }
+L43: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L44 }
+L44: /* call_rcu(hpa[2]) */
+  atomic { CALL_RCU(hpa[2]);
+    hpa[2] = 0;
+    goto L45 }
+L45: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    if
+      :: (3 < N && hpa[3] != 0) -> goto L46
+      :: else -> goto L53
+    fi }
+L46: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L47 }
+L47: /* refcount_dec_and_test(hpa[3]) */
+  atomic { TOUCH(hpa[3]);
+    assert(r_ref[hpa[3]] > 0)  /* underflow; use-after-free */;
+    r_ref[hpa[3]]--;
+    if
+      :: (r_ref[hpa[3]] == 0) -> assert(r_invalid[hpa[3]])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L48
+      :: else -> hpa[3] = 0;
+      goto L52
+    fi }
+L48: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
+    goto L49 }
+L49: /* list_del_rcu(hpa[3]) */
+  atomic { TOUCH(hpa[3]);
+    LIST_DEL(hpa[3]);
+    goto L50 }
+L50: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
+    goto L51 }
+L51: /* call_rcu(hpa[3]) */
+  atomic { CALL_RCU(hpa[3]);
+    hpa[3] = 0;
+    goto L52 }
+L52: /* read_unlock(mmu_lock) */
+  atomic { assert(rd[_pid]);
+    rd[_pid] = 0;
+    nrd--;
+    goto L53 }
+L53: /* kvm_tdp_mmu_invalidate_all_roots: walk roots */
+  atomic { INVALIDATE_ALL();
+    CHECK_ROOTS();
+    goto L54 }
+L54: /* read_lock(mmu_lock) */
+  atomic { (wr == NOBODY && nwq == 0);
+    assert(!rd[_pid]);
+    rd[_pid] = 1;
+    nrd++;
+    goto L55 }
+L55: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L56 }
+L56: /* list_first_or_null_rcu() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    pos = nxt[0];
+    if
+      :: (pos != 0) -> goto L57
+      :: else -> goto L59
+    fi }
+L57: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
+    if
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L59
+      :: else -> goto L58
+    fi }
+L58: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L57
+      :: else -> goto L59
+    fi }
+L59: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
     root = pos;
     pos = 0;
     if
-      :: (root != 0) -> goto L58
-      :: else -> goto L81
+      :: (root != 0) -> TOUCH(root);
+      r_sched[root] = r_sched[root] || MUTANT;
+      if
+        :: (r_sched[root]) -> r_sched[root] = 0;
+        assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
+        goto L60
+        :: else -> goto L81
+      fi
+      :: else -> goto L91
     fi }
-L58: /* refcount_read(root) */
+L60: /* refcount_read(root) */
   atomic { TOUCH(root);
     assert(r_ref[root] != 0)  /* WARN */;
-    assert(wr == _pid);
-    goto L59 }
-L59: /* rcu_read_lock() */
+    assert(rd[_pid]);
+    goto L61 }
+L61: /* rcu_read_lock() */
   atomic { rcu_depth[_pid]++;
     rcu_mask = rcu_mask | (1 << _pid);
     TOUCH(root);
-    snap = r_spte[root];
+    it_old = spt0[root];
     if
-      :: (snap) -> goto L60
-      :: else -> goto L66
+      :: ((it_old != 0 && it_old != REMOVED)) -> it_pt = it_old;
+      TOUCH(it_pt);
+      it_old = spt0[it_pt];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L62
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            TOUCH(root);
+            it_old = spt0[root];
+            if
+              :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
+              :: else -> it_old = 0;
+              it_pt = 0;
+              xold = 0;
+              goto L75
+            fi
+          fi
+        fi
+      fi
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          TOUCH(root);
+          it_old = spt0[root];
+          if
+            :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
+            :: else -> it_old = 0;
+            it_pt = 0;
+            xold = 0;
+            goto L75
+          fi
+        fi
+      fi
     fi }
-L60: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
+L62: /* try_cmpxchg64(table[0], leaf -> 0) */
+  atomic { TOUCH(it_pt);
+    assert(spt0[it_pt] == it_old)  /* retry: not modeled */;
+    spt0[it_pt] = 0;
+    pg_referenced = 1  /* handle_changed_spte: A/D write-back */;
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-      :: (ch) -> ch = 0;
-      goto L61
-      :: else -> ch = 0;
-      goto L65
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L63
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        TOUCH(root);
+        it_old = spt0[root];
+        if
+          :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
+          :: else -> it_old = 0;
+          it_pt = 0;
+          xold = 0;
+          goto L75
+        fi
+      fi
     fi }
-L61: /* rcu_read_unlock() + cond_resched_rwlock_write */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(wr == _pid);
-    wr = NOBODY;
-    goto L62 }
-L62: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L63
-      :: else -> goto L64
-    fi }
-L63: /* write_lock(mmu_lock) (queued) */
-  atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
-    wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
-    wr = _pid;
-    goto L64 }
-L64: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L65 }
-L65: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
+L63: /* try_cmpxchg64(root[0], table -> 0) */
   atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L64 }
+L64: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    snap = 0;
+    goto L65 }
+L65: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
     goto L66 }
-L66: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
+L66: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    TOUCH(root);
+    it_old = spt0[root];
     if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L67
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      TOUCH(root);
+      it_old = spt0[root];
+      if
+        :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
+        :: else -> it_old = 0;
+        it_pt = 0;
+        xold = 0;
+        goto L75
+      fi
+    fi }
+L67: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L68 }
+L68: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
   :: else
   fi;
-    goto L67 }
-L67: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L68 }
-L68: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
+    goto L69 }
+L69: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
+    if
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
+  fi;
+    goto L70 }
+L70: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
     TOUCH(root);
-    pos = nxt[root];
+    it_old = spt0[root];
     if
-      :: (pos != 0) -> goto L69
-      :: else -> goto L75
+      :: ((it_old != 0 && it_old != REMOVED)) -> goto L71
+      :: else -> it_old = 0;
+      it_pt = 0;
+      xold = 0;
+      goto L75
     fi }
-L69: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
+L71: /* try_cmpxchg64(root[0], table -> 0) */
+  atomic { TOUCH(root);
+    assert(spt0[root] == it_old)  /* retry: not modeled */;
+    spt0[root] = 0;
+    tdp_pages--;
+    goto L72 }
+L72: /* xchg(table[0], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt0[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt0[it_old] = REMOVED;
     if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
+    goto L73 }
+L73: /* xchg(table[1], REMOVED) */
+  atomic { TOUCH(it_old);
+    xold = spt1[it_old];
+    assert(xold != REMOVED)  /* another freezer: not modeled */;
+    spt1[it_old] = REMOVED;
     if
-      :: (r_ref[pos] != 0) -> goto L75
-      :: else -> goto L70
-    fi }
-L70: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L71
-      :: else -> goto L75
-    fi }
-L71: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
+  :: xold == LEAF -> pg_referenced = 1
+  :: else
   fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L75
-      :: else -> goto L72
-    fi }
-L72: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L73
-      :: else -> goto L75
-    fi }
-L73: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L75
-      :: else -> goto L74
-    fi }
-L74: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
+    goto L74 }
+L74: /* call_rcu(table) */
+  atomic { CALL_RCU(it_old);
+    NO_GUEST_ON(root);
+    it_old = 0;
+    it_pt = 0;
+    xold = 0;
+    goto L75 }
 L75: /* rcu_read_unlock() */
   atomic { assert(rcu_depth[_pid] > 0);
     rcu_depth[_pid]--;
@@ -2084,9 +2072,7 @@ L76: /* refcount_dec_and_test(root) */
     if
       :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
       goto L77
-      :: else -> root = pos;
-      pos = 0;
-      assert(false)
+      :: else -> goto L81
     fi }
 L77: /* lock(pages_lock) */
   atomic { (pages_lock == NOBODY);
@@ -2103,480 +2089,80 @@ L79: /* unlock(pages_lock) */
     goto L80 }
 L80: /* call_rcu(root) */
   atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    assert(false) }
-L81: /* write_unlock(mmu_lock) */
-  atomic { assert(wr == _pid);
-    wr = NOBODY;
+    goto L81 }
+L81: /* rcu_read_lock() */
+  atomic { rcu_depth[_pid]++;
+    rcu_mask = rcu_mask | (1 << _pid);
+    goto L82 }
+L82: /* list_next_or_null_rcu(root) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(root);
+    pos = nxt[root];
     if
-      :: (0 < N && hpa[0] != 0) -> goto L82
-      :: else -> if
-        :: (1 < N && hpa[1] != 0) -> goto L89
-        :: else -> if
-          :: (2 < N && hpa[2] != 0) -> goto L96
-          :: else -> if
-            :: (3 < N && hpa[3] != 0) -> goto L103
-            :: else -> goto L110
-          fi
-        fi
-      fi
+      :: (pos != 0) -> goto L83
+      :: else -> goto L85
     fi }
-L82: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L83 }
-L83: /* refcount_dec_and_test(hpa[0]) */
-  atomic { TOUCH(hpa[0]);
-    assert(r_ref[hpa[0]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[0]]--;
+L83: /* refcount_inc_not_zero(pos) */
+  atomic { TOUCH(pos);
     if
-      :: (r_ref[hpa[0]] == 0) -> assert(r_invalid[hpa[0]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L84
-      :: else -> hpa[0] = 0;
-      goto L88
+  :: r_ref[pos] == 0 -> skip
+  :: else -> r_ref[pos]++
+  fi;
+    if
+      :: (r_ref[pos] != 0) -> goto L85
+      :: else -> goto L84
     fi }
-L84: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L85 }
-L85: /* list_del_rcu(hpa[0]) */
-  atomic { TOUCH(hpa[0]);
-    LIST_DEL(hpa[0]);
+L84: /* list_next_or_null_rcu(pos) */
+  atomic { assert(rcu_depth[_pid] > 0);
+    TOUCH(pos);
+    pos = nxt[pos];
+    if
+      :: (pos != 0) -> goto L83
+      :: else -> goto L85
+    fi }
+L85: /* rcu_read_unlock() */
+  atomic { assert(rcu_depth[_pid] > 0);
+    rcu_depth[_pid]--;
+    if
+  :: rcu_depth[_pid] == 0 -> RCU_QS()
+  :: else
+  fi;
     goto L86 }
-L86: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L87 }
-L87: /* call_rcu(hpa[0]) */
-  atomic { CALL_RCU(hpa[0]);
-    hpa[0] = 0;
+L86: /* refcount_dec_and_test(root) */
+  atomic { TOUCH(root);
+    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
+    r_ref[root]--;
+    if
+      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
+      goto L87
+      :: else -> root = pos;
+      pos = 0;
+      if
+        :: (root != 0) -> TOUCH(root);
+        r_sched[root] = r_sched[root] || MUTANT;
+        if
+          :: (r_sched[root]) -> r_sched[root] = 0;
+          assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
+          goto L60
+          :: else -> goto L81
+        fi
+        :: else -> goto L91
+      fi
+    fi }
+L87: /* lock(pages_lock) */
+  atomic { (pages_lock == NOBODY);
+    assert(pages_lock != _pid);
+    pages_lock = _pid;
     goto L88 }
-L88: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (1 < N && hpa[1] != 0) -> goto L89
-      :: else -> if
-        :: (2 < N && hpa[2] != 0) -> goto L96
-        :: else -> if
-          :: (3 < N && hpa[3] != 0) -> goto L103
-          :: else -> goto L110
-        fi
-      fi
-    fi }
-L89: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
+L88: /* list_del_rcu(root) */
+  atomic { TOUCH(root);
+    LIST_DEL(root);
+    goto L89 }
+L89: /* unlock(pages_lock) */
+  atomic { assert(pages_lock == _pid);
+    pages_lock = NOBODY;
     goto L90 }
-L90: /* refcount_dec_and_test(hpa[1]) */
-  atomic { TOUCH(hpa[1]);
-    assert(r_ref[hpa[1]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[1]]--;
-    if
-      :: (r_ref[hpa[1]] == 0) -> assert(r_invalid[hpa[1]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L91
-      :: else -> hpa[1] = 0;
-      goto L95
-    fi }
-L91: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L92 }
-L92: /* list_del_rcu(hpa[1]) */
-  atomic { TOUCH(hpa[1]);
-    LIST_DEL(hpa[1]);
-    goto L93 }
-L93: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L94 }
-L94: /* call_rcu(hpa[1]) */
-  atomic { CALL_RCU(hpa[1]);
-    hpa[1] = 0;
-    goto L95 }
-L95: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (2 < N && hpa[2] != 0) -> goto L96
-      :: else -> if
-        :: (3 < N && hpa[3] != 0) -> goto L103
-        :: else -> goto L110
-      fi
-    fi }
-L96: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L97 }
-L97: /* refcount_dec_and_test(hpa[2]) */
-  atomic { TOUCH(hpa[2]);
-    assert(r_ref[hpa[2]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[2]]--;
-    if
-      :: (r_ref[hpa[2]] == 0) -> assert(r_invalid[hpa[2]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L98
-      :: else -> hpa[2] = 0;
-      goto L102
-    fi }
-L98: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L99 }
-L99: /* list_del_rcu(hpa[2]) */
-  atomic { TOUCH(hpa[2]);
-    LIST_DEL(hpa[2]);
-    goto L100 }
-L100: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L101 }
-L101: /* call_rcu(hpa[2]) */
-  atomic { CALL_RCU(hpa[2]);
-    hpa[2] = 0;
-    goto L102 }
-L102: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    if
-      :: (3 < N && hpa[3] != 0) -> goto L103
-      :: else -> goto L110
-    fi }
-L103: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L104 }
-L104: /* refcount_dec_and_test(hpa[3]) */
-  atomic { TOUCH(hpa[3]);
-    assert(r_ref[hpa[3]] > 0)  /* underflow; use-after-free */;
-    r_ref[hpa[3]]--;
-    if
-      :: (r_ref[hpa[3]] == 0) -> assert(r_invalid[hpa[3]])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L105
-      :: else -> hpa[3] = 0;
-      goto L109
-    fi }
-L105: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L106 }
-L106: /* list_del_rcu(hpa[3]) */
-  atomic { TOUCH(hpa[3]);
-    LIST_DEL(hpa[3]);
-    goto L107 }
-L107: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L108 }
-L108: /* call_rcu(hpa[3]) */
-  atomic { CALL_RCU(hpa[3]);
-    hpa[3] = 0;
-    goto L109 }
-L109: /* read_unlock(mmu_lock) */
-  atomic { assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L110 }
-L110: /* kvm_tdp_mmu_invalidate_all_roots: walk roots */
-  atomic { INVALIDATE_ALL();
-    CHECK_ROOTS();
-    goto L111 }
-L111: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L112 }
-L112: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L113 }
-L113: /* list_first_or_null_rcu() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    pos = nxt[0];
-    if
-      :: (pos != 0) -> goto L114
-      :: else -> goto L120
-    fi }
-L114: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L120
-      :: else -> goto L115
-    fi }
-L115: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L116
-      :: else -> goto L120
-    fi }
-L116: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L120
-      :: else -> goto L117
-    fi }
-L117: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L118
-      :: else -> goto L120
-    fi }
-L118: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L120
-      :: else -> goto L119
-    fi }
-L119: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L120: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      r_sched[root] = r_sched[root] || MUTANT;
-      if
-        :: (r_sched[root]) -> r_sched[root] = 0;
-        assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L121
-        :: else -> goto L134
-      fi
-      :: else -> goto L202
-    fi }
-L121: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L122 }
-L122: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L123
-      :: else -> goto L128
-    fi }
-L123: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L124
-      :: else -> ch = 0;
-      goto L127
-    fi }
-L124: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L125 }
-L125: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L126 }
-L126: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L127 }
-L127: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L128 }
-L128: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L129 }
-L129: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L130
-      :: else -> goto L134
-    fi }
-L130: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L131 }
-L131: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L132 }
-L132: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L133 }
-L133: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L134 }
-L134: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L135 }
-L135: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L136
-      :: else -> goto L142
-    fi }
-L136: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L142
-      :: else -> goto L137
-    fi }
-L137: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L138
-      :: else -> goto L142
-    fi }
-L138: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L142
-      :: else -> goto L139
-    fi }
-L139: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L140
-      :: else -> goto L142
-    fi }
-L140: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L142
-      :: else -> goto L141
-    fi }
-L141: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L142: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L143 }
-L143: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L144
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> TOUCH(root);
-        r_sched[root] = r_sched[root] || MUTANT;
-        if
-          :: (r_sched[root]) -> r_sched[root] = 0;
-          assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L148
-          :: else -> goto L161
-        fi
-        :: else -> goto L202
-      fi
-    fi }
-L144: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L145 }
-L145: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L146 }
-L146: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L147 }
-L147: /* call_rcu(root) */
+L90: /* call_rcu(root) */
   atomic { CALL_RCU(root);
     root = pos;
     pos = 0;
@@ -2586,412 +2172,19 @@ L147: /* call_rcu(root) */
       if
         :: (r_sched[root]) -> r_sched[root] = 0;
         assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L148
-        :: else -> goto L161
+        goto L60
+        :: else -> goto L81
       fi
-      :: else -> goto L202
+      :: else -> goto L91
     fi }
-L148: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L149 }
-L149: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L150
-      :: else -> goto L155
-    fi }
-L150: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L151
-      :: else -> ch = 0;
-      goto L154
-    fi }
-L151: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L152 }
-L152: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L153 }
-L153: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L154 }
-L154: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L155 }
-L155: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L156 }
-L156: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L157
-      :: else -> goto L161
-    fi }
-L157: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L158 }
-L158: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L159 }
-L159: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L160 }
-L160: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L161 }
-L161: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L162 }
-L162: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L163
-      :: else -> goto L169
-    fi }
-L163: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L169
-      :: else -> goto L164
-    fi }
-L164: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L165
-      :: else -> goto L169
-    fi }
-L165: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L169
-      :: else -> goto L166
-    fi }
-L166: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L167
-      :: else -> goto L169
-    fi }
-L167: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L169
-      :: else -> goto L168
-    fi }
-L168: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L169: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L170 }
-L170: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L171
-      :: else -> root = pos;
-      pos = 0;
-      if
-        :: (root != 0) -> TOUCH(root);
-        r_sched[root] = r_sched[root] || MUTANT;
-        if
-          :: (r_sched[root]) -> r_sched[root] = 0;
-          assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-          goto L175
-          :: else -> goto L188
-        fi
-        :: else -> goto L202
-      fi
-    fi }
-L171: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L172 }
-L172: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L173 }
-L173: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L174 }
-L174: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    if
-      :: (root != 0) -> TOUCH(root);
-      r_sched[root] = r_sched[root] || MUTANT;
-      if
-        :: (r_sched[root]) -> r_sched[root] = 0;
-        assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-        goto L175
-        :: else -> goto L188
-      fi
-      :: else -> goto L202
-    fi }
-L175: /* refcount_read(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] != 0)  /* WARN */;
-    assert(rd[_pid]);
-    goto L176 }
-L176: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    TOUCH(root);
-    snap = r_spte[root];
-    if
-      :: (snap) -> goto L177
-      :: else -> goto L182
-    fi }
-L177: /* need_resched() (branch) */
-  atomic { if
-  :: ch = 1
-  :: ch = 0
-  fi;
-    if
-      :: (ch) -> ch = 0;
-      goto L178
-      :: else -> ch = 0;
-      goto L181
-    fi }
-L178: /* rcu_read_unlock() + cond_resched_rwlock_read */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    assert(rd[_pid]);
-    rd[_pid] = 0;
-    nrd--;
-    goto L179 }
-L179: /* read_lock(mmu_lock) */
-  atomic { (wr == NOBODY && nwq == 0);
-    assert(!rd[_pid]);
-    rd[_pid] = 1;
-    nrd++;
-    goto L180 }
-L180: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L181 }
-L181: /* tdp_mmu_set_spte_atomic(root, 0, NONPRESENT) */
-  atomic { TOUCH(root);
-    if
-  :: r_spte[root] -> r_spte[root] = 0; NO_GUEST_ON(root)
-  :: else
-  fi;
-    snap = 0;
-    goto L182 }
-L182: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L183 }
-L183: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L184
-      :: else -> goto L188
-    fi }
-L184: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L185 }
-L185: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L186 }
-L186: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L187 }
-L187: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    goto L188 }
-L188: /* rcu_read_lock() */
-  atomic { rcu_depth[_pid]++;
-    rcu_mask = rcu_mask | (1 << _pid);
-    goto L189 }
-L189: /* list_next_or_null_rcu(root) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(root);
-    pos = nxt[root];
-    if
-      :: (pos != 0) -> goto L190
-      :: else -> goto L196
-    fi }
-L190: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L196
-      :: else -> goto L191
-    fi }
-L191: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L192
-      :: else -> goto L196
-    fi }
-L192: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L196
-      :: else -> goto L193
-    fi }
-L193: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    if
-      :: (pos != 0) -> goto L194
-      :: else -> goto L196
-    fi }
-L194: /* refcount_inc_not_zero(pos) */
-  atomic { TOUCH(pos);
-    if
-  :: r_ref[pos] == 0 -> skip
-  :: else -> r_ref[pos]++
-  fi;
-    if
-      :: (r_ref[pos] != 0) -> goto L196
-      :: else -> goto L195
-    fi }
-L195: /* list_next_or_null_rcu(pos) */
-  atomic { assert(rcu_depth[_pid] > 0);
-    TOUCH(pos);
-    pos = nxt[pos];
-    assert(false)  /* more than MAXR roots on the list */ }
-L196: /* rcu_read_unlock() */
-  atomic { assert(rcu_depth[_pid] > 0);
-    rcu_depth[_pid]--;
-    if
-  :: rcu_depth[_pid] == 0 -> RCU_QS()
-  :: else
-  fi;
-    goto L197 }
-L197: /* refcount_dec_and_test(root) */
-  atomic { TOUCH(root);
-    assert(r_ref[root] > 0)  /* underflow; use-after-free */;
-    r_ref[root]--;
-    if
-      :: (r_ref[root] == 0) -> assert(r_invalid[root])  /* KVM_BUG_ON(!root->role.invalid) */;
-      goto L198
-      :: else -> root = pos;
-      pos = 0;
-      assert(false)
-    fi }
-L198: /* lock(pages_lock) */
-  atomic { (pages_lock == NOBODY);
-    assert(pages_lock != _pid);
-    pages_lock = _pid;
-    goto L199 }
-L199: /* list_del_rcu(root) */
-  atomic { TOUCH(root);
-    LIST_DEL(root);
-    goto L200 }
-L200: /* unlock(pages_lock) */
-  atomic { assert(pages_lock == _pid);
-    pages_lock = NOBODY;
-    goto L201 }
-L201: /* call_rcu(root) */
-  atomic { CALL_RCU(root);
-    root = pos;
-    pos = 0;
-    assert(false) }
-L202: /* read_unlock(mmu_lock) */
+L91: /* read_unlock(mmu_lock) */
   atomic { assert(rd[_pid]);
     rd[_pid] = 0;
     nrd--;
+    assert(tdp_pages == 0)  /* WARN_ON(atomic64_read(&kvm->arch.tdp_mmu_pages)) */;
     assert(nxt[0] == 0)  /* WARN_ON(!list_empty(&kvm->arch.tdp_mmu_roots)) */;
-    goto L203 }
-L203: /* rcu_barrier() */
+    goto L92 }
+L92: /* rcu_barrier() */
   atomic { (ncb == 0);
     FINAL_CHECKS();
     goto Lend }
@@ -3000,16 +2193,27 @@ Lend: end_done: false
 
 
 /* rcu_callback_thread(): run the oldest callback whose grace period has elapsed;
-   tdp_mmu_free_sp_rcu_callback() frees the root (kfree) */
+   tdp_mmu_free_sp_rcu_callback() frees the root or table (kfree) */
 active proctype rcu() {
   byte k;
+#ifdef PY_LOCALS
+  /* The Python daemon's frame keeps the locals of the last batch it ran (pending,
+     i, obj, fn, _, result: python's frame fingerprint hashes them, dead or not). Only
+     for the equivalence check, with spin -o1 (no dead-variable reset): see docs/design.md. */
+  byte py_pending_obj[MAXCB], py_pending_wait[MAXCB], py_npending, py_i, py_obj;
+#endif
 end_rcu:
   do
   :: atomic { (CB_READY_ANY) ->
        k = 0; do :: cb_wait[k] == 0 -> break :: else -> k++ od;
-       r_freed[cb_root[k]] = 1;
-       do :: k + 1 < ncb -> cb_root[k] = cb_root[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
+#ifdef PY_LOCALS
+       py_npending = ncb; py_i = k; py_obj = cb_obj[k];
+       i = 0; do :: i < MAXCB -> py_pending_obj[i] = cb_obj[i]; py_pending_wait[i] = cb_wait[i]; i++
+              :: else -> break od; i = 0;
+#endif
+       o_freed[cb_obj[k]] = 1;
+       do :: k + 1 < ncb -> cb_obj[k] = cb_obj[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
           :: else -> break od;
-       ncb--; cb_root[ncb] = 0; cb_wait[ncb] = 0; k = 0 }
+       ncb--; cb_obj[ncb] = 0; cb_wait[ncb] = 0; k = 0 }
   od
 }

@@ -28,6 +28,10 @@ from tdpmmu.kvm.versions import KERNELS
 LIMITS = Limits(time_limit=120.0, shrink_time=3.0)  # unmutated stress: ~35 s alone, more under load
 EXPRESSIBLE = [row for row in CORPUS if row.mutant is not None]
 
+# One worker runs this module, so the corpus fixture below is computed once, not once per
+# pytest-xdist worker (it is ~90 s of CPU; pyproject.toml sets --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("corpus")
+
 
 def _row_id(row: CorpusRow) -> str:
     return f"{row.id}-{row.name}"
@@ -35,7 +39,7 @@ def _row_id(row: CorpusRow) -> str:
 
 @pytest.fixture(scope="module")
 def results1() -> dict[str, CorpusResult]:
-    """The whole corpus with one vCPU (two where a row needs them): a few seconds."""
+    """The whole corpus with one vCPU (two where a row needs them): about 90 s."""
     return {_row_id(r.row): r for r in run_corpus(vcpus=1, limits=LIMITS)}
 
 

@@ -907,6 +907,7 @@ def format_table(results: Sequence[CorpusResult]) -> str:
     out.append("")
     out.append("trace: steps in the counterexample (* proved shortest); executions, states, "
                "seconds: the search that found it")
-    out.append(f"{rate}; {len(results) - len(expressible)} rows not expressible; "
+    inexpressible = len(results) - len(expressible)
+    out.append(f"{rate}; {inexpressible} row{'' if inexpressible == 1 else 's'} not expressible; "
                f"{fps} false positives on unmutated kernels")
     return "\n".join(out)

@@ -14,6 +14,7 @@ from tdpmmu.explore.execution import Execution
 from tdpmmu.explore.result import Limits
 from tdpmmu.explore.search.dpor import Dpor
 from tdpmmu.kvm.mutants import MUTANTS
+from tdpmmu.kvm.registry import MUTANTS as MUTANTS_ALL
 from tdpmmu.kvm.scenarios import SCENARIOS
 from tdpmmu.kvm.versions import KERNELS
 
@@ -119,6 +120,28 @@ def test_shrinking_finds_a_shorter_proved_trace() -> None:
 def test_bad_input_is_rejected(bad: Config) -> None:
     with pytest.raises(BadInput):
         check(bad)
+
+
+# Where a mutant runs (Mutant.runs_on): a kernel it is claimed on, or one derived from
+# such a kernel that still has that kernel's version of everything the mutant overrides.
+def test_a_mutant_is_refused_where_its_code_was_replaced() -> None:
+    # v5.11 derives from v6.9 but replaces tdp_mmu_next_root: no RCU walk to break.
+    with pytest.raises(BadInput, match="next-root-no-rcu"):
+        Config("vcpu-load", "v5.11", "next-root-no-rcu", 1).validate()
+    # v6.1 sets ROOT_INITIAL_REFS = 1 itself: refcount-one would change nothing.
+    with pytest.raises(BadInput, match="refcount-one"):
+        Config("vcpu-load", "v6.1", "refcount-one", 1).validate()
+
+
+@pytest.mark.parametrize("name", ["get-root-refcount-inc", "next-root-no-rcu-unchecked",
+                                  "put-root-no-pages-lock"])
+def test_b02_mutants_run_on_v5_13_and_are_harmless_there(name: str) -> None:
+    """v5.13 keeps v6.9's get_root, next_root and unlink, so B02's other three mutants
+    run on it; every reader and list mutator there holds mmu_lock for write (but the fast
+    zap's teardown, which takes no reference), so they break nothing (docs/corpus.md,
+    "The v5.13 kernel"): exhaustive passes."""
+    r = check(Config(MUTANTS_ALL[name].scenario, "v5.13", name, 1), FAST)
+    assert r.verdict == "pass", r.violation
 
 
 def test_v6_1_with_two_zap_workers() -> None:

@@ -7,6 +7,7 @@ class ``type("v6.9+M", (M, Kernel), {})``, so a mutant's ``super()`` is the kern
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -189,13 +190,19 @@ class Mutant:
     caught_on: tuple[str, ...] = ()
 
     def runs_on(self, kernel: str) -> bool:
-        """Whether ``kernel`` has the code the mutant changes: the kernels derived from
-        its own or from one it is claimed on (a kernel class derives from the one whose
-        code it reuses, which is not always the older one: v6.8 derives from v6.9)."""
-        claimed = (self.kernel, *self.caught_on)
-        if KERNELS[kernel].CORPUS_ERA:  # it replaces most code: only its own mutants
-            return kernel in claimed
-        return any(issubclass(KERNELS[kernel], KERNELS[k]) for k in claimed)
+        """Whether ``kernel`` has the code the mutant changes: it is a kernel the mutant is
+        claimed on, or one derived from such a kernel (a class derives from the one whose
+        code it reuses, not always the older one: v6.8 derives from v6.9) that still has
+        that kernel's version of everything the mutant overrides. v5.11, say, derives
+        from v6.9 but replaces ``tdp_mmu_next_root``: a mutant of it is not v5.11's bug."""
+        k = KERNELS[kernel]
+        return any(k is c or (issubclass(k, c) and self._same_code(k, c))
+                   for c in (KERNELS[name] for name in (self.kernel, *self.caught_on)))
+
+    def _same_code(self, kernel: type, base: type) -> bool:
+        """``kernel`` resolves every name the mutant class defines as ``base`` does."""
+        return all(inspect.getattr_static(kernel, name, None) is inspect.getattr_static(base, name, None)
+                   for name in vars(self.cls) if not name.startswith("__"))
 
     def harmless_on(self, kernel: str) -> bool:
         return bool(self.harmless) and kernel not in self.caught_on

@@ -87,20 +87,29 @@ class V5_13(V6_8):
     @inline
     def tdp_mmu_unlink_and_free_root(self, kvm: Kvm, root: kvm_mmu_page, shared: bool = False) -> Steps:
         """Unlink under tdp_mmu_pages_lock, zap everything under the root without
-        yielding (``zap_gfn_range(kvm, root, 0, max_gfn, false, false, shared)``), then
-        free it after a grace period."""
+        yielding, then free it after a grace period."""
         yield from self.tdp_mmu_unlink_root(kvm, root)
-        yield from rcu_read_lock()
-        yield from self._tdp_mmu_zap_root(kvm, root, shared, root.role.level, can_yield=False)
-        yield from rcu_read_unlock()
+        yield from self.zap_gfn_range(kvm, root, False, shared)
         yield from call_rcu(root, self.tdp_mmu_free_sp_rcu_callback)
+
+    def zap_gfn_range(self, kvm: Kvm, root: kvm_mmu_page, can_yield: bool, shared: bool) -> Steps:
+        """``zap_gfn_range(kvm, root, 0, -1ull, can_yield, flush, shared)``, the whole range
+        (zap_all): min_level is the root's level, so only the root's own entries are
+        zapped, each freeing the tables under it. Not v6.9's tdp_mmu_zap_root(), whose
+        refcount WARN and passes came with v5.18. (The notifier's ranged call is the base
+        model's tdp_mmu_zap_leafs(); the TLB flush it returns is left out.)"""
+        self.kvm_lockdep_assert_mmu_lock_held(kvm, shared)
+        yield from rcu_read_lock()
+        yield from self._tdp_mmu_zap_root(kvm, root, shared, root.role.level, can_yield)
+        yield from rcu_read_unlock()
 
     # -- fast invalidation (b7cccd397f31, 4c6654bd160d) ----------------------------------
     def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
         """Every root whose count is not 0 gets a reference for the teardown and is marked
         invalid; already-invalid roots are referenced again, so that they are not freed
         before this fast zap is done with them."""
-        lockdep_assert_held_write(kvm.mmu_lock)
+        if self.CONFIG_PROVE_LOCKING:
+            lockdep_assert_held_write(kvm.mmu_lock)
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
             root = pos.container()
             self.fast_zap_visits(root)
@@ -134,7 +143,7 @@ class V5_13(V6_8):
         while root is not None:
             next_root = yield from self.next_invalidated_root(kvm, root)
             yield from rcu_read_unlock()
-            yield from self.tdp_mmu_zap_root(kvm, root, True)  # zap_gfn_range(can_yield)
+            yield from self.zap_gfn_range(kvm, root, True, True)
             # Put the reference kvm_tdp_mmu_invalidate_all_roots() took.
             yield from self.kvm_tdp_mmu_put_root(kvm, root, True)
             root = next_root

@@ -34,6 +34,21 @@ def list_empty(head: list_head) -> bool:
     return bool(head.next == head)
 
 
+def __list_add(new: list_head, prev: list_head, nxt: list_head) -> None:
+    """Link ``new`` between two neighbours (plain stores: the callers' step is atomic)."""
+    new.next = nxt
+    new.prev = prev
+    prev.next = new
+    nxt.prev = new
+
+
+def __list_del(entry: list_head) -> None:
+    """Make ``entry``'s neighbours point at each other; ``entry``'s own pointers stay."""
+    nxt, prv = entry.next, entry.prev
+    nxt.prev = prv
+    prv.next = nxt
+
+
 def _check_rcu(what: str) -> None:
     if not rcu_read_lock_held():
         world().report("suspicious RCU usage", f"{what} outside rcu_read_lock()")
@@ -42,19 +57,13 @@ def _check_rcu(what: str) -> None:
 @primitive
 def list_add_rcu(new: list_head, head: list_head) -> Generator[Op, int, None]:
     yield Op("list_add_rcu", new.container(), head)
-    first = head.next
-    new.next = first
-    new.prev = head
-    head.next = new
-    first.prev = new
+    __list_add(new, head, head.next)
 
 
 @primitive
 def list_del_rcu(entry: list_head) -> Generator[Op, int, None]:
     yield Op("list_del_rcu", entry.container())
-    nxt, prv = entry.next, entry.prev
-    nxt.prev = prv
-    prv.next = nxt
+    __list_del(entry)
     entry.prev = LIST_POISON2
 
 
@@ -101,19 +110,13 @@ def list_next_or_null_unchecked(head: list_head, ptr: list_head) -> Generator[Op
 @primitive
 def list_add(new: list_head, head: list_head) -> Generator[Op, int, None]:
     yield Op("list_add", new.container(), head)
-    first = head.next
-    new.next = first
-    new.prev = head
-    head.next = new
-    first.prev = new
+    __list_add(new, head, head.next)
 
 
 @primitive
 def list_del(entry: list_head) -> Generator[Op, int, None]:
     yield Op("list_del", entry.container())
-    nxt, prv = entry.next, entry.prev
-    nxt.prev = prv
-    prv.next = nxt
+    __list_del(entry)
     entry.next = LIST_POISON1
     entry.prev = LIST_POISON2
 

@@ -620,12 +620,17 @@ class CorpusRow:
     id: str  # "B06", "M4"
     name: str  # the mutant's name, or a label for an inexpressible bug
     mutant: Mutant | None  # None: not expressible yet, see why_not
-    kernel: str  # the kernel (KERNELS name) the mutant is applied to
     commit: str  # the fixing commit ("" for M*: no historical commit)
     title: str  # its title, or what the mutation stands for
     breaks: str  # the property the bug breaks
     why_not: str = ""
     min_vcpus: int = 1  # run_corpus uses max(vcpus, min_vcpus)
+    era: str = ""  # the kernel of a row without a mutant
+
+    @property
+    def kernel(self) -> str:
+        """The kernel (KERNELS name) the row runs: its mutant's (``Mutant.kernel``)."""
+        return self.mutant.kernel if self.mutant else self.era
 
     @property
     def scenario(self) -> str:
@@ -639,95 +644,95 @@ class CorpusRow:
 _C = CORPUS_MUTANTS
 
 CORPUS: list[CorpusRow] = [
-    CorpusRow("B01", "next-root-plain-decrement", _C["next-root-plain-decrement"], "v5.11",
+    CorpusRow("B01", "next-root-plain-decrement", _C["next-root-plain-decrement"],
               "a889ea54b3da", "KVM: x86/mmu: Ensure TDP MMU roots are freed after yield",
               "count reaches 0 => the root is unlinked and freed (no zero-count root on the list, "
               "none taken again by kvm_mmu_get_root()); teardown leaves nothing"),
-    CorpusRow("B02", "get-root-refcount-inc", _C["get-root-refcount-inc"], "v6.9",
+    CorpusRow("B02", "get-root-refcount-inc", _C["get-root-refcount-inc"],
               "fb10129335ca", "KVM: x86/mmu: handle cmpxchg failure in kvm_tdp_mmu_get_root "
               "(with 11cccf5c0472 Make TDP MMU root refcount atomic)",
               "a count is never raised from 0 (no refcount_inc on 0: resurrecting a root being freed)"),
-    CorpusRow("B02", "next-root-no-rcu", _C["next-root-no-rcu"], "v5.13",
+    CorpusRow("B02", "next-root-no-rcu", _C["next-root-no-rcu"],
               "c0e64238ac53", "KVM: x86/mmu: Protect the tdp_mmu_roots list with RCU",
               "RCU list readers run inside rcu_read_lock() (CONFIG_PROVE_RCU)"),
-    CorpusRow("B02", "next-root-no-rcu-unchecked", _C["next-root-no-rcu-unchecked"], "v6.9",
+    CorpusRow("B02", "next-root-no-rcu-unchecked", _C["next-root-no-rcu-unchecked"],
               "c0e64238ac53", "KVM: x86/mmu: Protect the tdp_mmu_roots list with RCU",
               "no use-after-free: a root is reclaimed only after a grace period with no "
               "pre-existing reader"),
-    CorpusRow("B02", "put-root-no-pages-lock", _C["put-root-no-pages-lock"], "v6.9",
+    CorpusRow("B02", "put-root-no-pages-lock", _C["put-root-no-pages-lock"],
               "2bdb3d84cebc", "KVM: x86/mmu: Merge TDP MMU put and free root "
               "(root list mutations under tdp_mmu_pages_lock)",
               "the list is mutated only under tdp_mmu_pages_lock; a live root stays on the list; "
               "teardown leaves nothing"),
-    CorpusRow("B03", "notifier-no-root-refs", MUTANTS["notifier-no-root-refs"], "v5.13",
+    CorpusRow("B03", "notifier-no-root-refs", MUTANTS["notifier-no-root-refs"],
               "7533377215b6", "KVM: x86/mmu: Use yield-safe TDP MMU root iter in MMU notifier unmapping",
               "whoever drops mmu_lock while positioned on a root holds a reference to it"),
-    CorpusRow("B04", "notifier-skips-invalid-roots", MUTANTS["notifier-skips-invalid-roots"], "v5.16.19",
+    CorpusRow("B04", "notifier-skips-invalid-roots", MUTANTS["notifier-skips-invalid-roots"],
               "d62007edf01f", "KVM: x86/mmu: Zap _all_ roots when unmapping gfn range in TDP MMU",
               "when an mmu_notifier invalidation returns, no root (valid or invalid) maps the range"),
-    CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"], "v5.16.19",
+    CorpusRow("B05", "no-stale-root-check", _C["no-stale-root-check"],
               "a955cad84cda", "KVM: x86/mmu: Retry page fault if root is invalidated by memslot update",
               "no SPTE is created in an invalid root (fast-zap completeness)"),
-    CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"], "v6.5",
+    CorpusRow("B06", "reflag-invalid-roots", _C["reflag-invalid-roots"],
               "614f6970aa70", "KVM: x86/mmu: do not allow readers to acquire references to invalid roots",
               "the list reference of a root is put exactly once (no refcount underflow / UAF)"),
-    CorpusRow("B07", "zap-worker-double-put", MUTANTS["zap-worker-double-put"], "v6.1",
+    CorpusRow("B07", "zap-worker-double-put", MUTANTS["zap-worker-double-put"],
               "efd995dae5eb", "KVM: x86/mmu: Zap defunct roots via asynchronous worker "
               "(B07(a): its review; with 22b94c4b63eb, the era's kernel class v6.1)",
               "the reference gifted to a zap worker is put exactly once (no underflow, no free "
               "under a holder)"),
-    CorpusRow("B07", "hv-flush-current-asid-only", _C["hv-flush-current-asid-only"], "v6.1",
+    CorpusRow("B07", "hv-flush-current-asid-only", _C["hv-flush-current-asid-only"],
               "e5c972c1fada", "KVM: SVM: Flush Hyper-V TLB when required (B07(b): the regression "
               "bisected to bb95dfb9e2df with efd995dae5eb, TDP MMU on Hyper-V, 5.18..6.3)",
               "a defunct root is zapped and freed without a TLB flush only if the flush on the "
               "next root's load drops what was cached under its frame"),
-    CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"], "v6.1",
+    CorpusRow("B08", "free-obsolete-current-only", _C["free-obsolete-current-only"],
               "cf4a8693d97a", "KVM: x86/mmu: Check every prev_roots in __kvm_mmu_free_obsolete_roots()",
               "after FREE_OBSOLETE_ROOTS is serviced the vCPU holds no reference to an obsolete root"),
-    CorpusRow("B10", "refcount-one", MUTANTS["refcount-one"], "v6.5",
+    CorpusRow("B10", "refcount-one", MUTANTS["refcount-one"],
               "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly invalidated",
               "count == 0 => invalid: the TDP MMU's own reference keeps every valid root alive"),
-    CorpusRow("B10", "invalidate-unlocked-walk", _C["invalidate-unlocked-walk"], "v6.5",
+    CorpusRow("B10", "invalidate-unlocked-walk", _C["invalidate-unlocked-walk"],
               "edbdb43fc96b", "KVM: x86: Preserve TDP MMU roots until they are explicitly "
               "invalidated (v2 -> v3: walk the roots safely at destruction)",
               "plain list walks run only where no list mutator can (no use-after-free)"),
-    CorpusRow("B11", "zap-invalidated-as-id-filter", _C["zap-invalidated-as-id-filter"], "v6.8",
+    CorpusRow("B11", "zap-invalidated-as-id-filter", _C["zap-invalidated-as-id-filter"],
               "441a5dfcd968", "KVM: x86/mmu: Do not filter address spaces in "
               "for_each_tdp_mmu_root_yield_safe()",
               "every scheduled root's list reference is put (SMM roots too); teardown leaves nothing"),
-    CorpusRow("B11", "keep-scheduled-flag", _C["keep-scheduled-flag"], "v6.8",
+    CorpusRow("B11", "keep-scheduled-flag", _C["keep-scheduled-flag"],
               "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
               "scheduled is set and cleared at most once per root: the list reference is put once"),
-    CorpusRow("B11", "schedule-outside-write-lock", _C["schedule-outside-write-lock"], "v6.8",
+    CorpusRow("B11", "schedule-outside-write-lock", _C["schedule-outside-write-lock"],
               "0df9dab891ff", "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots asynchronously",
               "scheduled => invalid wherever nobody holds mmu_lock for write"),
-    CorpusRow("B13", "uninit-zap-shared", MUTANTS["uninit-zap-shared"], "v6.14",
+    CorpusRow("B13", "uninit-zap-shared", MUTANTS["uninit-zap-shared"],
               "35be969d1ef2", "KVM: x86/mmu: Zap invalid roots with mmu_lock holding for write at "
               "uninit (Message-Id 20240718211230.1492011-2)",
               "external (S-EPT) SPTEs of mirror roots are removed only under the write lock"),
-    CorpusRow("B15", "aging-outside-rcu", MUTANTS["aging-outside-rcu"], "v6.9+lockless-aging",
+    CorpusRow("B15", "aging-outside-rcu", MUTANTS["aging-outside-rcu"],
               "b146a9b34aed", "KVM: x86/mmu: Relax locking for kvm_test_age_gfn() and kvm_age_gfn() "
               "(lockless aging of the valid roots, after 526e609f0567 Process only valid TDP MMU "
               "roots when aging a gfn range)",
               "a walk without mmu_lock stays inside rcu_read_lock(): no root or page table it can "
               "reach is freed under it"),
-    CorpusRow("B15", "aging-nonatomic-clear", MUTANTS["aging-nonatomic-clear"], "v6.9+lockless-aging",
+    CorpusRow("B15", "aging-nonatomic-clear", MUTANTS["aging-nonatomic-clear"],
               "e29b74920e6f", "KVM: x86/mmu: Factor out spte atomic bit clearing routine (the atomic "
               "Accessed-bit clear b146a9b34aed's lockless aging relies on)",
               "SPTEs written without mmu_lock are written atomically: no concurrent zap is undone "
               "(when an unmap returns, nothing maps the range)"),
-    CorpusRow("M1", "no-recheck", MUTANTS["no-recheck"], "v6.9",
+    CorpusRow("M1", "no-recheck", MUTANTS["no-recheck"],
               "", "kvm_tdp_mmu_alloc_root() without the recheck under tdp_mmu_pages_lock",
               "at most one valid root per role.word", min_vcpus=2),
-    CorpusRow("M3", "invalidate-under-read-lock", MUTANTS["invalidate-under-read-lock"], "v6.9",
+    CorpusRow("M3", "invalidate-under-read-lock", MUTANTS["invalidate-under-read-lock"],
               "", "roots invalidated with mmu_lock held for read",
               "role.invalid and scheduled are written only under the write lock"),
-    CorpusRow("M4", "request-before-invalidate", _C["request-before-invalidate"], "v6.9",
+    CorpusRow("M4", "request-before-invalidate", _C["request-before-invalidate"],
               "", "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS posted outside the invalidation's write-side "
               "section, before it",
               "no guest execution on an invalid root without a pending FREE_OBSOLETE_ROOTS; no "
               "SPTE of a root a vCPU runs on is zapped without a TLB flush"),
-    CorpusRow("M4", "request-after-unlock", None, "v6.9",
+    CorpusRow("M4", "request-after-unlock", None,
               "", "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS posted after write_unlock() in kvm_mmu_zap_all_fast()",
               "(none broken without shadow pages)",
               why_not="not a bug in a TDP-only model, so nothing to catch: the request still "
@@ -735,8 +740,9 @@ CORPUS: list[CorpusRow] = [
               "that entered the guest on a just-invalidated root is kicked out before its SPTEs "
               "are zapped (exhaustive pass, mutant class RequestAfterUnlock). The harm needs "
               "shadow pages zapped by kvm_zap_obsolete_pages() inside the write-side section "
-              "(\"vcpu would purge shadow page but miss tlb flush\"): the model has no shadow MMU"),
-    CorpusRow("M8", "bug-on-before-scheduled-check", _C["bug-on-before-scheduled-check"], "v6.9",
+              "(\"vcpu would purge shadow page but miss tlb flush\"): the model has no shadow MMU",
+              era="v6.9"),
+    CorpusRow("M8", "bug-on-before-scheduled-check", _C["bug-on-before-scheduled-check"],
               "", "KVM_BUG_ON(!root->role.invalid) before the scheduled check (Yilun's question)",
               "KVM_BUG_ON(!invalid) in zap_invalidated_roots never fires"),
 ]

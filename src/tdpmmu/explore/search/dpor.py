@@ -102,6 +102,13 @@ def _independent(a: Footprint, b: Footprint) -> bool:
     return not _conflict(*a, *b)
 
 
+def _uncovered(remaining: list[int], covered: list[int], skip: int) -> int:
+    """How many threads other than ``skip`` still have a step, among their first
+    ``remaining[q]``, that ``covered`` does not order before: the backward race scans
+    stop when none is left."""
+    return sum(1 for q, c in enumerate(remaining) if q != skip and covered[q] < c)
+
+
 class Dpor(Search):
     """``cache=False``: stateless DPOR, every execution run to its end (always sound).
     ``cache=True``: a state seen before is not expanded again, if its explored subtree's
@@ -257,7 +264,7 @@ class Dpor(Search):
         # before p's step already: when that holds for every other thread (`live` counts
         # those for which it does not), no earlier step can race and the scan stops.
         remaining = [c[q] for q, c in enumerate(tvc)]
-        live = sum(1 for q, c in enumerate(remaining) if q != p and covered[q] < c)
+        live = _uncovered(remaining, covered, p)
         for i in range(len(tids) - 1, -1, -1):
             if not live:
                 break
@@ -272,7 +279,7 @@ class Dpor(Search):
                 if (w & (ri | wi | ui) or wi & ru or u & ri or r & ui) and covered[q] < vi[q]:
                     races.append(i)
                     covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
-                    live = sum(1 for q2, c in enumerate(remaining) if q2 != p and covered[q2] < c)
+                    live = _uncovered(remaining, covered, p)
                     continue
             if covered[q] == remaining[q]:  # q's steps from here back all happen before
                 live -= 1
@@ -327,7 +334,7 @@ class Dpor(Search):
                 # As in _step_races: stop once every other thread's remaining steps
                 # are covered (nothing before them can race or raise the bound).
                 remaining = [c[q] for q, c in enumerate(tvc)]
-                live = sum(1 for q, c in enumerate(remaining) if q != t and covered[q] < c)
+                live = _uncovered(remaining, covered, t)
                 for i in range(len(tids) - 1, -1, -1):
                     if not live:
                         break
@@ -347,7 +354,7 @@ class Dpor(Search):
                                     reversed_.add(i)
                             if wrote_at[i] & head:
                                 covered = [max(a, b) for a, b in zip(covered, vi, strict=True)]
-                                live = sum(1 for q2, c in enumerate(remaining) if q2 != t and covered[q2] < c)
+                                live = _uncovered(remaining, covered, t)
                     killed |= ws[i]
                     if q != t and covered[q] == remaining[q]:
                         live -= 1

@@ -29,6 +29,7 @@ MODES: dict[str, Callable[[KvmProgram, Limits], Search]] = {
     "plain": lambda p, lim: DepthFirst(p, lim, cache=True),
     "plain+sym": lambda p, lim: DepthFirst(p, lim, cache=True, symmetry=True),
     "dpor": lambda p, lim: Dpor(p, lim, cache=True),
+    "dpor+sym": lambda p, lim: Dpor(p, lim, cache=True, symmetry=True),  # tdpmmu check's default
     "dpor-stateless": lambda p, lim: Dpor(p, lim, cache=False),
 }
 

@@ -29,6 +29,14 @@ class Shared(SimpleNamespace):
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted(vars(self).items())))
 
+    def renamed(self, oid_map: dict[int, int]) -> Shared:
+        """Symmetry reduction renames the objects it holds (struct handles, in tuples too)."""
+        def rename(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return tuple(map(rename, v))
+            return v.renamed(oid_map) if isinstance(v, Struct) else v
+        return Shared(**{k: rename(v) for k, v in vars(self).items()})
+
 
 class Box(Struct):
     """A generic shared object: two counters, a flag and an event log (a tuple)."""
@@ -58,6 +66,8 @@ class Prog:
     themselves through ``world().report``. ``observe(s)`` is called at every final state
     and its value collected in ``self.outcomes``. ``rcu=True`` adds the RCU callback
     daemon; ``daemons``: more daemon threads, ``(name, f)`` pairs (a workqueue's workers).
+    ``group``: indices of threads that run the same code, each on its own object
+    ``s.own[i]``: interchangeable for symmetry reduction.
     """
 
     def __init__(
@@ -72,7 +82,9 @@ class Prog:
         daemons: Sequence[tuple[str, ThreadFn]] = (),
         final_kind: str = "final-check",
         state_kind: str = "invariant",
+        group: Sequence[int] = (),
     ) -> None:
+        self.group = tuple(group)
         self.setup = setup
         self.threads = [t if isinstance(t, tuple) else (t.__name__, t) for t in threads]
         self.final = final
@@ -95,6 +107,11 @@ class Prog:
             specs.append(ThreadSpec("rcu", rcu_callback_thread, daemon=True))
         specs += [ThreadSpec(name, partial(fn, s), daemon=True) for name, fn in self.daemons]
         return w, specs
+
+    def symmetry(self, w: World) -> list[list[tuple[int, int]]] | None:
+        if len(self.group) < 2:
+            return None
+        return [[(i, self.s.own[i].oid) for i in self.group]]  # type: ignore[union-attr]
 
     def check_state(self, w: World) -> None:
         if self.state is not None:

@@ -134,7 +134,9 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "search", "symmetry"), [
-    ([], "dpor", False),
+    ([], "dpor", True),
+    (["--symmetry", "off"], "dpor", False),
+    (["--random", "3"], "random", False),
     (["--search", "plain"], "plain", True),
     (["--search", "plain", "--symmetry", "off"], "plain", False),
     (["--search", "plain", "--no-symmetry"], "plain", False),

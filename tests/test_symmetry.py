@@ -3,11 +3,16 @@ vCPUs) as the plain search, with fewer states."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tdpmmu.api import Config
+from tdpmmu.explore.execution import Execution
 from tdpmmu.explore.result import Limits
+from tdpmmu.explore.runtime import NAME, Tid
 from tdpmmu.explore.search.dfs import DepthFirst
+from tdpmmu.explore.symmetry import make_rename, world_hash
 from tdpmmu.kvm.mutants import MUTANTS
 from tdpmmu.kvm.versions import KERNELS
 
@@ -46,3 +51,32 @@ def test_same_verdict_on_mutants(name: str) -> None:
     assert a.verdict == b.verdict == "violation"
     assert a.violation is not None and b.violation is not None
     assert a.violation.kind in m.expect and b.violation.kind in m.expect
+
+
+def test_renamed_world_hash_is_the_hash_of_the_renamed_cells() -> None:
+    """``world_hash`` updates ``World.h`` for the cells a renaming changes; it must equal
+    the hash of every cell renamed, on states along random executions."""
+    rng = random.Random(7)
+    renamed_states = 0
+    for _ in range(20):
+        ex = Execution(Config("memslot-delete", vcpus=3).program())
+        while enabled := ex.enabled():
+            if ex.step(rng.choice(enabled)) is not None:
+                break
+            groups = ex.program.symmetry(ex.world)  # type: ignore[attr-defined]
+            if not groups:
+                continue
+            tids = [t for t, _ in groups[0]]
+            oids = [o for _, o in groups[0]]
+            order = rng.sample(range(len(tids)), len(tids))
+            tid_map = {t: Tid(tids[i]) for t, i in zip(tids, order, strict=True)}
+            oid_map = {o: oids[i] for o, i in zip(oids, order, strict=True)}
+            rename = make_rename(tid_map, oid_map)
+            member_cells = [k for k in ex.world.cells if k[0] in oid_map and k[1] != NAME]
+            full = 0
+            for (oid, f), v in ex.world.cells.items():
+                if f != NAME:
+                    full ^= hash(((oid_map.get(oid, oid), f), rename(v)))
+            assert world_hash(ex.world, oid_map, rename, member_cells) == full
+            renamed_states += 1
+    assert renamed_states > 100

@@ -24,7 +24,7 @@ class BadInput(ValueError):
 
 
 # Exhaustive searches: partial-order reduction (default: the fastest on memslot-delete,
-# see bench/results/dpor.txt) or plain depth-first search (with vCPU symmetry).
+# see bench/results/dpor.txt) or plain depth-first search; both with vCPU symmetry.
 SEARCHES = {"dpor": "partial-order reduction (DPOR, sleep sets)", "plain": "depth-first, every interleaving"}
 
 
@@ -46,7 +46,7 @@ class Config:
     vcpus: int = 2
     gfns: int | None = None  # guest frames under each root; None: the scenario's default
     cache: bool = True
-    symmetry: bool = True  # plain search only: DPOR does not combine with it
+    symmetry: bool = True  # vCPU symmetry (with the cache; DPOR renames cached summaries)
     search: str = "dpor"  # "dpor" | "plain"; --preemptions and --random are searches of their own
     shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
     preemptions: int | None = None  # bound the search to schedules with this many preemptions
@@ -103,7 +103,7 @@ def check(config: Config, limits: Limits | None = None, progress: Progress | Non
     if config.random_runs:
         search = RandomPct(program, limits, progress, runs=config.random_runs, seed=config.seed)
     elif config.effective_search == "dpor":
-        search = Dpor(program, limits, progress, cache=config.cache)
+        search = Dpor(program, limits, progress, cache=config.cache, symmetry=symmetry)
     else:
         search = DepthFirst(program, limits, progress, cache=config.cache, symmetry=symmetry,
                             preemptions=config.preemptions)

@@ -172,8 +172,8 @@ def check(
     ] = "dpor",
     symmetry: Annotated[
         str, typer.Option("--symmetry", metavar="[on|off]",
-                          help="Explore states equal up to swapping vCPUs once (plain search with "
-                          "the cache only).")
+                          help="Explore states equal up to swapping vCPUs once (with the cache; "
+                          "not --random).")
     ] = "on",
     no_symmetry: Annotated[bool, typer.Option("--no-symmetry", help="Same as --symmetry off.")] = False,
     as_json: AsJson = False,

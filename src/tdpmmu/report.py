@@ -265,7 +265,7 @@ def result_json(config: Config, result: Result) -> dict[str, Any]:
         **_config_json(config),
         "search": config.effective_search,
         "cache": config.cache,
-        "symmetry": config.symmetry and config.cache and config.effective_search != "dpor",
+        "symmetry": config.symmetry and config.cache and config.effective_search != "random",
         "states": s.states,
         "executions": s.executions,
         "transitions": s.transitions,

@@ -14,7 +14,9 @@ explorer's speed (numbers in docs/design.md):
 from __future__ import annotations
 
 import gc
+import itertools
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
@@ -31,7 +33,7 @@ from tdpmmu.explore.runtime import (
     Violation,
     set_world,
 )
-from tdpmmu.explore.symmetry import Rename, frames_hash, make_rename, world_hash
+from tdpmmu.explore.symmetry import Rename, Renaming, frames_hash, make_rename, world_hash
 from tdpmmu.explore.watchdog import PROGRESS
 
 Transition = tuple[int, int]  # (thread id, branch index)
@@ -191,6 +193,8 @@ class Execution:
         self.check_from = 0  # see step()
         # canonical_fingerprint's renamed frame hashes: (thread, renaming) -> (frames, hash)
         self._frames_memo: dict[tuple[int, object], tuple[tuple[tuple[Any, ...], ...], int]] = {}
+        # canonical's cells of the interchangeable threads' own objects
+        self._member_cells: dict[tuple[tuple[int, int], ...], list[tuple[int, str]]] = {}
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -333,35 +337,71 @@ class Execution:
     def canonical_fingerprint(self) -> int:
         """The fingerprint of this state with symmetric threads renamed into a canonical
         order (see ``symmetry``); equal to ``fingerprint()`` when nothing moves."""
+        return self.canonical()[0]
+
+    def canonical(self) -> tuple[int, Renaming | None]:
+        """``canonical_fingerprint()`` and the renaming that takes this state to the
+        canonical one: thread ids and object ids, old to new (None when nothing moves)."""
         symmetry = getattr(self.program, "symmetry", None)
         groups = symmetry(self.world) if symmetry is not None else None
         if not groups:
-            return self.fingerprint()
+            return self.fingerprint(), None
         w = self.world
         set_world(w)
-        tid_map: dict[int, Tid] = {}
-        oid_map: dict[int, int] = {}
-        for group in groups:
-            # Order members by what they are, not who they are: every member renamed
-            # to one placeholder, then their thread and own object hashed.
-            anon = make_rename({t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})
-            own = {o: 0 for _, o in group}
-            for (oid, f), value in w.cells.items():
-                if oid in own and f != NAME:
-                    own[oid] ^= hash((f, anon(value)))
-            anon_key = ("anon", *group)
-            keyed = sorted(((self._frames_hash(t, anon_key, anon), own[o]), t, o) for t, o in group)
-            for (slot_t, slot_o), (_, t, o) in zip(group, keyed, strict=True):
-                tid_map[t] = self.tids[slot_t]
-                oid_map[o] = slot_o
+        # Per group, the assignments of members to its slots that order them by what
+        # they are (`_member_orders`); the least fingerprint over every combination is
+        # the canonical one, so that a state and any permutation of it agree.
+        best: tuple[int, Renaming | None] | None = None
+        for orders in itertools.product(*(self._member_orders(group) for group in groups)):
+            tid_map: dict[int, Tid] = {}
+            oid_map: dict[int, int] = {}
+            for group, order in zip(groups, orders, strict=True):
+                for (slot_t, slot_o), (t, o) in zip(group, order, strict=True):
+                    tid_map[t] = self.tids[slot_t]
+                    oid_map[o] = slot_o
+            candidate = self._renamed_fingerprint(tid_map, oid_map)
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+        assert best is not None
+        return best
+
+    def _member_orders(self, group: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """The members of ``group`` sorted by what they are, not who they are (every
+        member renamed to one placeholder, then its thread and own object hashed); where
+        members tie, each order of them (a tie breaks no symmetry, so any of them may be
+        the canonical one)."""
+        cells = self.world.cells
+        own = {o: 0 for _, o in group}
+        member_cells = self._member_cells.get(tuple(group))
+        if member_cells is None:
+            # An object's cells are all made when it is allocated (kzalloc), and the
+            # members' objects exist before any thread runs: list them once. (Any key
+            # that does not depend on names would do: ties are broken by trying each
+            # order, so it only decides how many orders are tried.)
+            member_cells = [k for k in cells if k[0] in own and k[1] != NAME]
+            self._member_cells[tuple(group)] = member_cells
+        anon = make_rename({t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})
+        for key in member_cells:
+            if key[0] in own:
+                own[key[0]] ^= hash((key[1], anon(cells.get(key))))
+        anon_key = ("anon", *group)
+        keyed = sorted(((self._frames_hash(t, anon_key, anon), own[o]), t, o) for t, o in group)
+        runs = [[(t, o) for _, t, o in run] for _, run in itertools.groupby(keyed, key=lambda k: k[0])]
+        return [[m for perm in perms for m in perm]
+                for perms in itertools.product(*(itertools.permutations(run) for run in runs))]
+
+    def _renamed_fingerprint(self, tid_map: dict[int, Tid],
+                             oid_map: dict[int, int]) -> tuple[int, Renaming | None]:
         if all(tid_map[t] == t for t in tid_map):
-            return self.fingerprint()
+            return self.fingerprint(), None
+        w = self.world
         rename = make_rename(tid_map, oid_map)
         rename_key = (tuple(tid_map.items()), tuple(oid_map.items()))
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
             fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_key, rename) if t.alive else DONE_FP
-        return hash((world_hash(w, oid_map, rename), *fps))
+        member_cells = [k for cells in self._member_cells.values() for k in cells]
+        return hash((world_hash(w, oid_map, rename, member_cells), *fps)), (tid_map, oid_map)
 
     def _frames_hash(self, tid: int, key: object, rename: Rename) -> int:
         """``frames_hash(self.frames[tid], rename)``, remembered per thread and renaming

@@ -16,7 +16,7 @@ on top of it and ``tdpmmu.explore`` drives it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, TypeVar
@@ -78,6 +78,27 @@ READ, WRITE, MEMBER_WRITE, MEMBER_READ = 0, 1, 2, 3
 
 def _member_key(key: Key, member: Hashable) -> Key:
     return key[0], f"{key[1]}#{member!r}"
+
+
+def member_key(key: Key, tid: int) -> Key:
+    """The cell of thread ``tid``'s own member of ``key`` (as ``World.get_member`` logs it)."""
+    return _member_key(key, Tid(tid))
+
+
+def key_owner(key: Key) -> int | None:
+    """The thread a member cell (``member_key``) belongs to, else None."""
+    _, sep, member = key[1].partition("#T")
+    return int(member) if sep else None
+
+
+def rename_key(key: Key, tid_map: Mapping[int, int], oid_map: Mapping[int, int]) -> Key:
+    """The cell ``key`` names once threads and objects are renamed (symmetry): its
+    object, and the thread of a member cell."""
+    oid, field = key
+    owner = key_owner(key)
+    if owner is not None:
+        field = f"{field.partition('#T')[0]}#T{int(tid_map.get(owner, owner))}"
+    return oid_map.get(oid, oid), field
 
 
 NEXT_OID: Key = (-1, "next_oid")

@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from types import CodeType, FunctionType
 from typing import Any
 
-from tdpmmu.explore.runtime import NAME, Tid, World
+from tdpmmu.explore.runtime import NAME, Key, Tid, World
 
 Member = tuple[int, int]  # (thread id, object id owned by that thread)
 Groups = Sequence[Sequence[Member]]
 Rename = Callable[[Any], Any]
+# Thread ids and object ids, old to new: what a canonical fingerprint renamed.
+Renaming = tuple[dict[int, Tid], dict[int, int]]
 
 
 # Types whose values never name a thread or an object (a Tid is not an int here: types
@@ -59,13 +61,19 @@ def make_rename(tid_map: dict[int, Tid], oid_map: dict[int, int]) -> Rename:
     return rename
 
 
-def world_hash(world: World, oid_map: dict[int, int], rename: Rename) -> int:
-    """``World.h`` of the renamed world (names are not state)."""
-    h = 0
-    for (oid, field), value in world.cells.items():
-        if field == NAME:
-            continue
-        h ^= hash(((oid_map.get(oid, oid), field), value if type(value) in _PLAIN else rename(value)))
+def world_hash(world: World, oid_map: dict[int, int], rename: Rename, member_cells: Sequence[Key]) -> int:
+    """``World.h`` of the renamed world (names are not state), from ``World.h``: only the
+    cells of renamed objects (``member_cells``: all of them, names excluded) and cells
+    whose value may name a thread or an object change."""
+    h = world.h
+    cells = world.cells
+    for key in member_cells:
+        v = cells[key]
+        h ^= hash((key, v)) ^ hash(((oid_map[key[0]], key[1]), v if type(v) in _PLAIN else rename(v)))
+    plain = _PLAIN
+    for key, v in cells.items():
+        if type(v) not in plain and key[0] not in oid_map and key[1] != NAME:
+            h ^= hash((key, v)) ^ hash((key, rename(v)))
     return h
 
 

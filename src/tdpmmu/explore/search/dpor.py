@@ -17,8 +17,21 @@ are dependent iff one writes a cell the other reads or writes.
 from __future__ import annotations
 
 from tdpmmu.explore.execution import Execution, Schedule, Snapshot
-from tdpmmu.explore.runtime import LIVE, MEMBER_WRITE, READ, WRITE, Key, Violation, set_world
+from tdpmmu.explore.runtime import (
+    LIVE,
+    MEMBER_WRITE,
+    READ,
+    WRITE,
+    Key,
+    Tid,
+    Violation,
+    key_owner,
+    member_key,
+    rename_key,
+    set_world,
+)
 from tdpmmu.explore.search.base import Search
+from tdpmmu.explore.symmetry import Renaming
 
 # (read, written, member-written) as bit sets. Every cell has two bits: `m`, read and
 # written as a whole, and `e`, read when only a member of it is (World.get_member);
@@ -67,7 +80,7 @@ class _Node:
     """A state on the current path and what DPOR knows about it."""
 
     __slots__ = ("backtrack", "choices", "cur", "cur_fp", "cycle", "enabled", "explored", "first", "fp",
-                 "guards", "heads", "skip", "sleep", "sleep0", "snap", "summary", "tvc")
+                 "guards", "heads", "key", "renaming", "skip", "sleep", "sleep0", "snap", "summary", "tvc")
 
     def __init__(self, enabled: dict[int, int], guards: list[int], sleep: dict[int, Footprint],
                  tvc: tuple[Clock, ...], snap: Snapshot | None, fp: int, nthreads: int) -> None:
@@ -78,7 +91,9 @@ class _Node:
         self.sleep0 = frozenset(sleep)  # the sleep set the state was reached with (cache)
         self.tvc = tvc  # each thread's vector clock after its last step on the path
         self.snap = snap
-        self.fp = fp
+        self.fp = fp  # the state's fingerprint (cycles on the path are exact)
+        self.key = fp  # its key in the cache: the canonical fingerprint, with symmetry
+        self.renaming: Renaming | None = None  # what takes the state to its canonical one
         self.heads: list[int] = []  # tid -> the first cell its pending guard reads
         self.explored: set[int] = set()  # threads explored from here (for the cache)
         self.skip: frozenset[int] = frozenset()  # explored at an earlier visit (see _revisit)
@@ -115,14 +130,23 @@ class Dpor(Search):
     accesses are raced against the current path and it was explored with a sleep set no
     larger than now (docs/design.md)."""
 
-    def __init__(self, *args: object, cache: bool = True, all_independent: bool = False,
-                 **kwargs: object) -> None:
+    def __init__(self, *args: object, cache: bool = True, symmetry: bool = False,
+                 all_independent: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.cache = cache
+        # Cache states by canonical fingerprint; a hit's entry is renamed (docs/design.md).
+        self.symmetry = symmetry and cache
         # Test-only: declare every pair of steps independent, an unsound reduction the
         # cross-check tests must catch.
         self.all_independent = all_independent
         self._bit: dict[Key, int] = {}
+        self._keys: list[Key] = []  # cell of each bit pair
+        # Symmetry: the interchangeable threads and their objects, the bits of the cells a
+        # renaming can move (both bits of each), and each renaming's moves (bit pair index
+        # -> new `m` bit).
+        self._members: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
+        self._movable = 0
+        self._moves: dict[object, dict[int, int]] = {}
         # The current path's steps: thread, footprint, vector clock.
         self._tid: list[int] = []
         self._r: list[int] = []
@@ -155,9 +179,7 @@ class Dpor(Search):
         for key, kind in accesses:
             b = bit.get(key)
             if b is None:
-                b = bit[key] = 1 << (2 * len(bit))
-                if key[1] in self._vis_fields:
-                    self._vis |= b
+                b = self._new_bit(key)
             if kind == READ:
                 r |= b
             elif kind == WRITE:
@@ -167,6 +189,59 @@ class Dpor(Search):
             else:
                 r |= b << 1
         return r, w, u
+
+    def _new_bit(self, key: Key) -> int:
+        b = self._bit[key] = 1 << (2 * len(self._keys))
+        self._keys.append(key)
+        if key[1] in self._vis_fields:
+            self._vis |= b
+        tids, oids = self._members
+        if key[0] in oids or key_owner(key) in tids:
+            self._movable |= b | b << 1
+        return b
+
+    # -- symmetry -----------------------------------------------------------------------
+    def _move(self, f: int, moves: dict[int, int], renaming: Renaming) -> int:
+        """Footprint bits ``f`` with their cells renamed."""
+        moving = f & self._movable
+        if not moving:
+            return f
+        out = f ^ moving
+        while moving:
+            low = moving & -moving
+            moving ^= low
+            pair, half = divmod(low.bit_length() - 1, 2)
+            b = moves.get(pair)
+            if b is None:
+                key = rename_key(self._keys[pair], *renaming)
+                b = moves[pair] = self._bit.get(key) or self._new_bit(key)
+            out |= b << half
+        return out
+
+    def _renamed(self, entry: _Entry, renaming: Renaming) -> _Entry:
+        """A cache entry with its threads and cells renamed."""
+        tids, oids = renaming
+        moves = self._moves.setdefault((tuple(sorted(tids.items())), tuple(sorted(oids.items()))), {})
+        asleep, summary, explored = entry
+        n = len(summary.guards)
+        perm = [int(tids.get(t, t)) for t in range(n)]
+        out = _Summary(n)
+        for t, p in enumerate(perm):
+            for k in range(3):
+                out.steps[3 * p + k] = self._move(summary.steps[3 * t + k], moves, renaming)
+            out.guards[p] = self._move(summary.guards[t], moves, renaming)
+            out.after[p] = sum(1 << perm[q] for q in range(n) if summary.after[t] >> q & 1)
+        return frozenset(perm[t] for t in asleep), out, frozenset(perm[t] for t in explored)
+
+    def _to_canonical(self, entry: _Entry, renaming: Renaming | None) -> _Entry:
+        return entry if renaming is None else self._renamed(entry, renaming)
+
+    def _from_canonical(self, entry: _Entry, renaming: Renaming | None) -> _Entry:
+        if renaming is None:
+            return entry
+        tids, oids = renaming  # canonical to current: the inverse
+        return self._renamed(entry, ({int(v): Tid(k) for k, v in tids.items()},
+                                     {v: k for k, v in oids.items()}))
 
     def _scan(self, ex: Execution) -> tuple[dict[int, int], list[int], list[int]]:
         """Enabled threads and, for every thread with a pending step, the cells its
@@ -454,11 +529,15 @@ class Dpor(Search):
         stats = self.stats
         n = len(ex.threads)
         self._ends = 0
+        symmetry = getattr(ex.program, "symmetry", None)
+        groups = symmetry(ex.world) if self.symmetry and symmetry is not None else None
+        self._members = (frozenset(t for g in groups or () for t, _ in g),
+                         frozenset(o for g in groups or () for _, o in g))
         alive_bit = [0] * n  # pseudo-cell each non-daemon thread writes when it ends
         if not self.all_independent:
             for tid, t in enumerate(ex.threads):
                 if not t.daemon:
-                    alive_bit[tid] = self._bits([((-2, f"end{tid}"), True)])[1]
+                    alive_bit[tid] = self._bits([(member_key((-2, "end"), tid), True)])[1]
                     self._ends |= alive_bit[tid]
             self._vis_step = self._bits([((-3, "visible"), True)])[1]
         initial = self._initial_check(ex)
@@ -474,6 +553,8 @@ class Dpor(Search):
         root = self._open(ex, path, {}, tvc0, fp0)
         if not isinstance(root, _Node):
             return root
+        if self.symmetry:
+            root.key, root.renaming = ex.canonical()
         stack.append(root)
         on_path[fp0] = 0
         live = True  # does `ex` stand at the top of the stack?
@@ -542,10 +623,11 @@ class Dpor(Search):
             self._vc.append(vc)
             path.append(tr)
             depth = len(path)
-            fp = 0
+            fp = key = 0
+            renaming: Renaming | None = None
             entry: _Entry | None = None
             if cache:
-                fp = ex.fingerprint()
+                fp = key = ex.fingerprint()
                 seen_at = on_path.get(fp)
                 if seen_at is not None:
                     found = self._cycle(ex, path, seen_at)
@@ -553,7 +635,11 @@ class Dpor(Search):
                         return found
                     self._drop_step(path)
                     continue
-                entry = visited.get(fp)
+                if self.symmetry:
+                    key, renaming = ex.canonical()
+                entry = visited.get(key)
+                if entry is not None:
+                    entry = self._from_canonical(entry, renaming)
                 if entry is not None and entry[0] <= sleep.keys():
                     stats.executions += 1
                     bounds = self._summary_races(entry[1], tvc, self._scan(ex)[2])
@@ -571,9 +657,10 @@ class Dpor(Search):
                 node.summary.merge(self._leaf_summary)
                 if cache:  # a final state (whatever the sleep set) or a sleep-blocked one
                     asleep = frozenset(sleep) if not ex.finished() else frozenset()
-                    visited[fp] = (asleep, self._leaf_summary, frozenset())
+                    visited[key] = self._to_canonical((asleep, self._leaf_summary, frozenset()), renaming)
                 self._drop_step(path)
                 continue
+            child.key, child.renaming = key, renaming
             stack.append(child)
             if cache:
                 on_path[fp] = depth
@@ -618,7 +705,8 @@ class Dpor(Search):
             node.summary.after = [sum(1 << q for q, c in enumerate(node.tvc) if first[q] > c[q])
                                   for first in node.first]
             if node.cycle >= depth:
-                visited[node.fp] = (node.sleep0, node.summary, frozenset(node.explored))
+                visited[node.key] = self._to_canonical((node.sleep0, node.summary, frozenset(node.explored)),
+                                                       node.renaming)
         if stack:
             parent = stack[-1]
             parent.summary.merge(node.summary)

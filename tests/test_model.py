@@ -159,3 +159,14 @@ def test_v6_1_with_two_zap_workers() -> None:
         assert [t.name for t in program.build()[1]][-2:] == ["kworker/u:0", "kworker/u:1"]
         r = Dpor(program, FAST).run()
         assert r.verdict == "pass", r.violation
+
+
+@pytest.mark.slow
+def test_seed_question_roots_only_at_two_vcpus() -> None:
+    """memslot-delete with the SPTEs abstract (the scenario the README runs at 3 vCPUs):
+    v6.9 passes at 2 vCPUs, and Yilun Xu's KVM_BUG_ON is reachable in it once the zap
+    stops skipping unscheduled roots."""
+    assert check(Config("memslot-delete-roots", "v6.9", None, 2), FAST).verdict == "pass"
+    r = check(Config("memslot-delete-roots", "v6.9", "zap-unscheduled-roots", 2), FAST)
+    assert r.verdict == "violation" and r.violation is not None
+    assert r.violation.kind == "KVM_BUG_ON"

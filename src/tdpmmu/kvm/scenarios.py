@@ -36,6 +36,13 @@ def memslot_delete(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[Thr
     return [*_vcpus(k, vcpus, (0, 0)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
 
 
+def memslot_delete_roots(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
+    # memslot-delete with the SPTEs left abstract: the same two guest entries (a root
+    # loaded, then reloaded after the fast zap), without faults, so no page tables: the
+    # roots' protocol alone, small enough for 3 vCPUs.
+    return [*_vcpus(k, vcpus, (None, None)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
+
+
 def smm(k: Kernel, kvm: Kvm, vcpus: tuple[kvm_vcpu, ...]) -> list[ThreadSpec]:
     # vCPUs run, enter SMM (address space 1: a second root), while a memslot is deleted.
     return [*_vcpus(k, vcpus, (0,), smm=(1,)), ThreadSpec("memslot", partial(k.kvm_delete_memslot, kvm))]
@@ -106,6 +113,9 @@ SCENARIOS = {
         Scenario("memslot-delete",
                  "vCPUs run and fault while a memslot is deleted (fast zap); then VM teardown",
                  memslot_delete),
+        Scenario("memslot-delete-roots",
+                 "memslot-delete without faults (SPTEs abstract): vCPUs load and reload roots "
+                 "while a memslot is deleted; then VM teardown", memslot_delete_roots),
         Scenario("smm", "vCPUs use address spaces 0 and 1 (SMM) while a memslot is deleted", smm),
         Scenario("double-memslot-delete", "two memslot deletions in sequence while vCPUs run",
                  double_memslot_delete),

@@ -4,7 +4,8 @@
     python bench/bench_checker.py --vcpus 2 --budget 60
 
 For each vCPU count it runs, side by side in one process:
-  * the default search (cache, vCPU symmetry, snapshot restore), what `tdpmmu check` runs,
+  * plain search with the cache, vCPU symmetry and snapshot restore (`tdpmmu check --search plain`;
+    DPOR, the default, is measured beside it by bench/bench_dpor.py),
   * cache on without symmetry, restore by snapshot + lazy thread rebuild,
   * cache on, restore by replaying the schedule prefix (the alternative measured in
     docs/design.md),
@@ -28,7 +29,7 @@ from tdpmmu.explore.result import Limits
 from tdpmmu.explore.search.dfs import DepthFirst
 
 MODES = {
-    "default": {"cache": True, "restore": "snapshot", "symmetry": True},  # tdpmmu check
+    "default": {"cache": True, "restore": "snapshot", "symmetry": True},  # tdpmmu check --search plain
     "cache+snapshot": {"cache": True, "restore": "snapshot", "symmetry": False},
     "cache+replay": {"cache": True, "restore": "replay", "symmetry": False},
     "no-cache": {"cache": False, "restore": "snapshot", "symmetry": False},

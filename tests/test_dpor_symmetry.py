@@ -2,8 +2,8 @@
 explored before races the earlier subtree's summary renamed into the current threads
 and cells. Against plain search (no reduction of either kind): the same verdict,
 counterexamples that replay, and on a pass the same final states up to renaming, on
-random programs with interchangeable threads and on the KVM model; and a program that
-claims a symmetry it does not have must make these checks fail.
+random programs with interchangeable threads and on the KVM model; and a broken
+dependency relation must make these checks fail.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, find, given, settings
 from hypothesis import strategies as st
 
-from conftest import Box, Prog, Shared, dfs, replay_violation
+import test_dpor
+from conftest import Box, Prog, Shared, dfs
 from tdpmmu.api import Config
-from tdpmmu.explore.result import Limits
 from tdpmmu.explore.search.base import Search
 from tdpmmu.explore.search.dpor import Dpor
 from tdpmmu.kernel.memory import kzalloc
@@ -23,24 +23,15 @@ from tdpmmu.kernel.spinlock import spinlock_t
 from tdpmmu.kvm.mutants import MUTANTS
 from tdpmmu.kvm.versions import KERNELS
 from test_cache_crosscheck import POINTS, run_ops
-
-FAST = Limits(shrink_time=0)
+from test_dpor import dpor
 
 
 def dpor_sym(prog: object, *, broken: bool = False) -> Dpor:
-    search = Dpor(prog, FAST, cache=True, symmetry=True, all_independent=broken)  # type: ignore[arg-type]
-    search.result = search.run()  # type: ignore[attr-defined]
-    return search
+    return dpor(prog, True, broken=broken, symmetry=True)
 
 
 def agree(plain: Search, reduced: Dpor, prog: object) -> None:
-    a, b = plain.result, reduced.result  # type: ignore[attr-defined]
-    assert a.verdict != "incomplete" and b.verdict == a.verdict, (a.violation, b.violation)
-    if b.verdict == "violation":
-        replayed = replay_violation(prog, b.schedule, FAST.max_steps)
-        assert replayed is not None and replayed.kind == b.violation.kind
-    else:
-        assert plain.final_canonical and reduced.final_canonical == plain.final_canonical
+    test_dpor.agree(plain, reduced, prog, up_to_renaming=True)
 
 
 # -- random programs with interchangeable threads --------------------------------------------
@@ -90,8 +81,9 @@ def test_random_symmetric_programs(ops: tuple, copies: int, other: tuple, fair: 
                                    forbidden: tuple[int, int] | None) -> None:
     assume(small(ops, copies, other))
     prog = symmetric_program(ops, copies, other, fair, forbidden)
-    agree(dfs(prog, True), dpor_sym(prog), prog)
-    event(f"verdict {dfs(prog, True).result.verdict}")  # type: ignore[attr-defined]
+    plain = dfs(prog, True)
+    agree(plain, dpor_sym(prog), prog)
+    event(f"verdict {plain.result.verdict}")  # type: ignore[attr-defined]
 
 
 def broken_disagrees(args: tuple) -> bool:
@@ -118,9 +110,7 @@ def test_random_symmetric_programs_catch_a_broken_dependency_relation() -> None:
 
 # -- the KVM model ----------------------------------------------------------------------------
 def _dpor(config: Config, symmetry: bool) -> Dpor:
-    search = Dpor(config.program(), FAST, cache=True, symmetry=symmetry)
-    search.result = search.run()  # type: ignore[attr-defined]
-    return search
+    return dpor(config.program(), True, symmetry=symmetry)
 
 
 # DPOR without symmetry is the arbiter here (tests/test_dpor.py checks it against plain

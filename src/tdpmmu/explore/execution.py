@@ -195,6 +195,7 @@ class Execution:
         self._frames_memo: dict[tuple[int, object], tuple[tuple[tuple[Any, ...], ...], int]] = {}
         # canonical's cells of the interchangeable threads' own objects
         self._member_cells: dict[tuple[tuple[int, int], ...], list[tuple[int, str]]] = {}
+        self._all_member_cells: list[tuple[int, str]] = []  # every group's, for world_hash
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -380,10 +381,10 @@ class Execution:
             # order, so it only decides how many orders are tried.)
             member_cells = [k for k in cells if k[0] in own and k[1] != NAME]
             self._member_cells[tuple(group)] = member_cells
+            self._all_member_cells += member_cells
         anon = make_rename({t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})
         for key in member_cells:
-            if key[0] in own:
-                own[key[0]] ^= hash((key[1], anon(cells.get(key))))
+            own[key[0]] ^= hash((key[1], anon(cells[key])))
         anon_key = ("anon", *group)
         keyed = sorted(((self._frames_hash(t, anon_key, anon), own[o]), t, o) for t, o in group)
         runs = [[(t, o) for _, t, o in run] for _, run in itertools.groupby(keyed, key=lambda k: k[0])]
@@ -400,8 +401,7 @@ class Execution:
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
             fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_key, rename) if t.alive else DONE_FP
-        member_cells = [k for cells in self._member_cells.values() for k in cells]
-        return hash((world_hash(w, oid_map, rename, member_cells), *fps)), (tid_map, oid_map)
+        return hash((world_hash(w, oid_map, rename, self._all_member_cells), *fps)), (tid_map, oid_map)
 
     def _frames_hash(self, tid: int, key: object, rename: Rename) -> int:
         """``frames_hash(self.frames[tid], rename)``, remembered per thread and renaming

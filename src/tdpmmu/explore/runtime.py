@@ -76,13 +76,9 @@ class StepAborted(Exception):
 READ, WRITE, MEMBER_WRITE, MEMBER_READ = 0, 1, 2, 3
 
 
-def _member_key(key: Key, member: Hashable) -> Key:
-    return key[0], f"{key[1]}#{member!r}"
-
-
 def member_key(key: Key, tid: int) -> Key:
     """The cell of thread ``tid``'s own member of ``key`` (as ``World.get_member`` logs it)."""
-    return _member_key(key, Tid(tid))
+    return key[0], f"{key[1]}#T{int(tid)}"
 
 
 def key_owner(key: Key) -> int | None:
@@ -96,9 +92,8 @@ def rename_key(key: Key, tid_map: Mapping[int, int], oid_map: Mapping[int, int])
     object, and the thread of a member cell."""
     oid, field = key
     owner = key_owner(key)
-    if owner is not None:
-        field = f"{field.partition('#T')[0]}#T{int(tid_map.get(owner, owner))}"
-    return oid_map.get(oid, oid), field
+    renamed = oid_map.get(oid, oid), field.partition("#T")[0]
+    return renamed if owner is None else member_key(renamed, tid_map.get(owner, owner))
 
 
 NEXT_OID: Key = (-1, "next_oid")
@@ -196,18 +191,18 @@ class World:
     # A set-valued cell whose members belong to threads (a lock's readers, RCU's
     # readers): a thread reading or updating only its own member commutes with another
     # thread doing the same with *its* member, though both store the whole cell.
-    def get_member(self, key: Key, member: Hashable) -> Any:
+    def get_member(self, key: Key, member: int) -> Any:
         """Read ``key`` where only what it says about ``member`` is used."""
         if key[0] in self.freed:
             self.use_after_free(key)
         if self.accesses is not None:
-            self.accesses += [((key[0], LIVE), READ), (key, MEMBER_READ), (_member_key(key, member), READ)]
+            self.accesses += [((key[0], LIVE), READ), (key, MEMBER_READ), (member_key(key, member), READ)]
         value = self.cells[key]
         if self.log is not None:
             self.log.append(value)
         return value
 
-    def set_member(self, key: Key, value: Hashable, member: Hashable) -> None:
+    def set_member(self, key: Key, value: Hashable, member: int) -> None:
         """Store ``key`` where the new value differs from the old in ``member`` only."""
         if key[0] in self.freed:
             self.use_after_free(key)
@@ -215,7 +210,7 @@ class World:
         if self.accesses is not None:
             changed = old is _MISSING or old != value
             self.accesses += [((key[0], LIVE), READ), (key, MEMBER_WRITE if changed else MEMBER_READ),
-                              (_member_key(key, member), WRITE if changed else READ)]
+                              (member_key(key, member), WRITE if changed else READ)]
         self._store(key, old, value)
 
     def _store(self, key: Key, old: object, value: Hashable) -> None:
@@ -317,13 +312,13 @@ class ReplayWorld(World):
     def peek(self, key: Key) -> Any:
         return next(self._reads)
 
-    def get_member(self, key: Key, member: Hashable) -> Any:
+    def get_member(self, key: Key, member: int) -> Any:
         return next(self._reads)
 
     def set(self, key: Key, value: Hashable) -> None:
         pass
 
-    def set_member(self, key: Key, value: Hashable, member: Hashable) -> None:
+    def set_member(self, key: Key, value: Hashable, member: int) -> None:
         pass
 
     def free(self, oid: int) -> None:

@@ -107,13 +107,13 @@ class Struct:
         return world().type_of(self.oid)(self.oid)
 
 
-def get_member(obj: Struct, field: str, member: Hashable) -> Any:
+def get_member(obj: Struct, field: str, member: int) -> Any:
     """Read a set-valued field of which only ``member``'s part is used (a thread's own
     entry in a lock's readers): see ``World.get_member``."""
     return world().get_member((obj.oid, obj.prefix + field), member)
 
 
-def set_member(obj: Struct, field: str, value: Hashable, member: Hashable) -> None:
+def set_member(obj: Struct, field: str, value: Hashable, member: int) -> None:
     """Store a set-valued field that changed in ``member``'s part only."""
     world().set_member((obj.oid, obj.prefix + field), value, member)
 

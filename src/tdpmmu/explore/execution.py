@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import itertools
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
@@ -33,7 +33,7 @@ from tdpmmu.explore.runtime import (
     Violation,
     set_world,
 )
-from tdpmmu.explore.symmetry import Rename, Renaming, frames_hash, make_rename, world_hash
+from tdpmmu.explore.symmetry import Rename, Renaming, frame_hash, make_rename, member_delta, naming_delta
 from tdpmmu.explore.watchdog import PROGRESS
 
 Transition = tuple[int, int]  # (thread id, branch index)
@@ -84,8 +84,8 @@ class ThreadState:
         self.choices: list[int] = []  # branch sent at each step
 
 
-# steps, alive, pending, fingerprint, frames
-ThreadSnap = tuple[int, bool, "Op | None", int, tuple[tuple[Any, ...], ...]]
+# steps, alive, pending, fingerprint, frames, their hashes
+ThreadSnap = tuple[int, bool, "Op | None", int, tuple[tuple[Any, ...], ...], tuple[int, ...]]
 
 
 @dataclass
@@ -186,16 +186,25 @@ class Execution:
         self.tids = [Tid(i) for i in range(len(specs))]
         self.fps = [DONE_FP] * len(self.threads)
         self.frames: list[tuple[tuple[Any, ...], ...]] = [()] * len(self.threads)
+        self.frame_hashes: list[tuple[int, ...]] = [()] * len(self.threads)  # per frame
         self.max_steps = max_steps
         self.trace: list[TraceStep] = []
         self.depth = 0
         self.rebuilt = 0  # steps re-run to rebuild generators (a cost measure)
         self.check_from = 0  # see step()
-        # canonical_fingerprint's renamed frame hashes: (thread, renaming) -> (frames, hash)
-        self._frames_memo: dict[tuple[int, object], tuple[tuple[tuple[Any, ...], ...], int]] = {}
-        # canonical's cells of the interchangeable threads' own objects
-        self._member_cells: dict[tuple[tuple[int, int], ...], list[tuple[int, str]]] = {}
-        self._all_member_cells: list[tuple[int, str]] = []  # every group's, for world_hash
+        # Renamings canonical() used, each with a small id and its rename function
+        self._renamings: dict[object, tuple[int, Rename]] = {}
+        # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
+        # thread that did not step are the same, and few distinct frames occur at all.
+        # (Keyed by hash, like the state cache: frames equal by value rename alike.)
+        self._frame_memo: dict[tuple[int, int], int] = {}
+        # canonical's view of each group: its members' own cells (per object), the
+        # renaming of every member to one placeholder, and that renaming's name
+        self._groups: dict[tuple[tuple[int, int], ...],
+                           tuple[dict[int, list[tuple[int, str]]], int, Rename]] = {}
+        self._own_memo: dict[tuple[Any, ...], int] = {}  # _member_orders' own-cells hashes
+        self._members: list[tuple[int, list[tuple[int, str]]]] = []  # every group's (object, cells)
+        self._delta_memo: dict[tuple[Any, ...], int] = {}  # member_delta by renaming and values
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -217,8 +226,10 @@ class Execution:
         else:
             try:
                 frames = thread_frames(t.gen)
-                self.fps[tid] = hash(frames)
+                hashes = tuple(map(hash, frames))
+                self.fps[tid] = hash(hashes)
                 self.frames[tid] = frames
+                self.frame_hashes[tid] = hashes
             except TypeError as exc:  # an unhashable local: the model must use values
                 w.report("model-error", f"thread {t.name} holds an unhashable local: {exc}")
         finally:
@@ -244,6 +255,7 @@ class Execution:
         t.alive = False
         self.fps[tid] = DONE_FP
         self.frames[tid] = ()
+        self.frame_hashes[tid] = ()
 
     def _model_error(self, exc: Exception) -> None:
         tb = traceback.extract_tb(exc.__traceback__)
@@ -372,21 +384,29 @@ class Execution:
         members tie, each order of them (a tie breaks no symmetry, so any of them may be
         the canonical one)."""
         cells = self.world.cells
-        own = {o: 0 for _, o in group}
-        member_cells = self._member_cells.get(tuple(group))
-        if member_cells is None:
+        key = tuple(group)
+        known = self._groups.get(key)
+        if known is None:
             # An object's cells are all made when it is allocated (kzalloc), and the
             # members' objects exist before any thread runs: list them once. (Any key
             # that does not depend on names would do: ties are broken by trying each
             # order, so it only decides how many orders are tried.)
-            member_cells = [k for k in cells if k[0] in own and k[1] != NAME]
-            self._member_cells[tuple(group)] = member_cells
-            self._all_member_cells += member_cells
-        anon = make_rename({t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})
-        for key in member_cells:
-            own[key[0]] ^= hash((key[1], anon(cells[key])))
-        anon_key = ("anon", *group)
-        keyed = sorted(((self._frames_hash(t, anon_key, anon), own[o]), t, o) for t, o in group)
+            own = {o: [k for k in cells if k[0] == o and k[1] != NAME] for _, o in group}
+            self._members += own.items()
+            known = self._groups[key] = (own, *self._renaming(("anon", *group), lambda: make_rename(
+                {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})))
+        own, anon_id, anon = known
+        memo = self._own_memo
+        keyed = []
+        for t, o in group:
+            # A member's own cells, anonymised and hashed, remembered by their values
+            # (most steps change no vCPU's own cells).
+            values = (anon_id, *[cells[k] for k in own[o]])
+            h = memo.get(values)
+            if h is None:
+                h = memo[values] = hash(tuple(anon(v) for v in values[1:]))
+            keyed.append(((self._frames_hash(t, anon_id, anon), h), t, o))
+        keyed.sort()
         runs = [[(t, o) for _, t, o in run] for _, run in itertools.groupby(keyed, key=lambda k: k[0])]
         return [[m for perm in perms for m in perm]
                 for perms in itertools.product(*(itertools.permutations(run) for run in runs))]
@@ -395,26 +415,47 @@ class Execution:
                              oid_map: dict[int, int]) -> tuple[int, Renaming | None]:
         if all(tid_map[t] == t for t in tid_map):
             return self.fingerprint(), None
-        w = self.world
-        rename = make_rename(tid_map, oid_map)
-        rename_key = (tuple(tid_map.items()), tuple(oid_map.items()))
+        rename_id, rename = self._renaming((tuple(tid_map.items()), tuple(oid_map.items())),
+                                           lambda: make_rename(tid_map, oid_map))
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
-            fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_key, rename) if t.alive else DONE_FP
-        return hash((world_hash(w, oid_map, rename, self._all_member_cells), *fps)), (tid_map, oid_map)
+            fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_id, rename) if t.alive else DONE_FP
+        return hash((self._renamed_world_hash(oid_map, rename_id, rename), *fps)), (tid_map, oid_map)
 
-    def _frames_hash(self, tid: int, key: object, rename: Rename) -> int:
-        """``frames_hash(self.frames[tid], rename)``, remembered per thread and renaming
-        (``key`` names it): a thread that did not step since keeps the very same frames
-        tuple (an immutable value), so the same tuple under the same renaming hashes
-        alike, and most threads are not the one that just stepped."""
-        frames = self.frames[tid]
-        memo = self._frames_memo.get((tid, key))
-        if memo is not None and memo[0] is frames:
-            return memo[1]
-        h = frames_hash(frames, rename)
-        self._frames_memo[(tid, key)] = (frames, h)
+    def _renamed_world_hash(self, oid_map: dict[int, int], rename_id: int, rename: Rename) -> int:
+        """``World.h`` of the renamed world, from ``World.h`` (names are not state): the
+        members' own cells move (their change remembered by their values: most steps
+        change no vCPU's cells), and cells elsewhere that name a member are renamed."""
+        w = self.world
+        cells = w.cells
+        memo = self._delta_memo
+        h = w.h ^ naming_delta(w, oid_map, rename)
+        for o, keys in self._members:
+            values = (rename_id, o, *[cells[k] for k in keys])
+            d = memo.get(values)
+            if d is None:
+                d = memo[values] = member_delta(keys, values[2:], oid_map, rename)
+            h ^= d
         return h
+
+    def _renaming(self, key: object, make: Callable[[], Rename]) -> tuple[int, Rename]:
+        """The id and rename function of the renaming ``key`` names (made once)."""
+        known = self._renamings.get(key)
+        if known is None:
+            known = self._renamings[key] = (len(self._renamings), make())
+        return known
+
+    def _frames_hash(self, tid: int, rename_id: int, rename: Rename) -> int:
+        """A thread's fingerprint with every frame renamed (``frame_hash``), each frame's
+        remembered (``_frame_memo``): most threads did not step, and most frames recur."""
+        memo = self._frame_memo
+        out = []
+        for frame, h in zip(self.frames[tid], self.frame_hashes[tid], strict=True):
+            renamed = memo.get((rename_id, h))
+            if renamed is None:
+                renamed = memo[(rename_id, h)] = frame_hash(frame, rename)
+            out.append(renamed)
+        return hash(tuple(out))
 
     def deadlock(self) -> Violation:
         blocked = [f"{t.name} waits in {t.pending.label()}" for t in self.threads
@@ -434,7 +475,8 @@ class Execution:
     def snapshot(self) -> Snapshot:
         return Snapshot(
             self.world.snapshot(),
-            [(t.steps, t.alive, t.pending, self.fps[i], self.frames[i]) for i, t in enumerate(self.threads)],
+            [(t.steps, t.alive, t.pending, self.fps[i], self.frames[i], self.frame_hashes[i])
+             for i, t in enumerate(self.threads)],
             self.depth,
         )
 
@@ -442,11 +484,12 @@ class Execution:
         """Go back to an *ancestor* of the current state (depth-first backtracking):
         every thread's history is then a prefix of what it has logged."""
         self.world.restore(snap.world)
-        for tid, (steps, alive, pending, fp, frames) in enumerate(snap.threads):
+        for tid, (steps, alive, pending, fp, frames, hashes) in enumerate(snap.threads):
             t = self.threads[tid]
             t.steps, t.alive, t.pending = steps, alive, pending
             self.fps[tid] = fp
             self.frames[tid] = frames
+            self.frame_hashes[tid] = hashes
             del t.log[t.marks[steps]:]
             del t.marks[steps + 1:]
             del t.choices[steps:]

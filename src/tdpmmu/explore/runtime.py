@@ -96,6 +96,10 @@ def rename_key(key: Key, tid_map: Mapping[int, int], oid_map: Mapping[int, int])
     return renamed if owner is None else member_key(renamed, tid_map.get(owner, owner))
 
 
+# Types whose values never name a thread or an object (a Tid is not an int here: types
+# are compared exactly). ``symmetry`` adds any other type it finds to be so.
+INERT_TYPES: set[type] = {int, bool, str, float, bytes, type(None), type, CodeType}
+
 NEXT_OID: Key = (-1, "next_oid")
 NAME = "__name__"
 LIVE = "__live__"  # False once the object is freed (poisoned)
@@ -130,6 +134,7 @@ class World:
         "freed",
         "h",
         "log",
+        "naming",
         "notes",
         "stepping",
         "thread_names",
@@ -141,6 +146,10 @@ class World:
     def __init__(self) -> None:
         self.cells: dict[Key, Hashable] = {NEXT_OID: 1}
         self.h = hash((NEXT_OID, 1))
+        # Every cell that ever held a value that may name a thread or an object (a
+        # superset: cells are never dropped from it, and a restore may leave keys that
+        # no longer exist): what symmetry renames besides the members' own cells.
+        self.naming: set[Key] = set()
         self.freed: set[int] = set()
         self.tid: int = Tid(-1)
         self.thread_names: list[str] = []
@@ -220,6 +229,8 @@ class World:
             self.h ^= hash((key, old))
         self.h ^= hash((key, value))
         self.cells[key] = value
+        if type(value) not in INERT_TYPES:
+            self.naming.add(key)
 
     def alloc(self, kind: type, name: str) -> int:
         """A new object id. Ids count up in each execution, so replaying a schedule

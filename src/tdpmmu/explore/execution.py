@@ -193,7 +193,7 @@ class Execution:
         self.rebuilt = 0  # steps re-run to rebuild generators (a cost measure)
         self.check_from = 0  # see step()
         # Renamings canonical() used, each with a small id and its rename function
-        self._renamings: dict[object, tuple[int, Rename]] = {}
+        self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
         # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
         # thread that did not step are the same, and few distinct frames occur at all.
         # (Keyed by hash, like the state cache: frames equal by value rename alike.)
@@ -394,7 +394,7 @@ class Execution:
             own = {o: [k for k in cells if k[0] == o and k[1] != NAME] for _, o in group}
             self._members += own.items()
             known = self._groups[key] = (own, *self._renaming(("anon", *group), lambda: make_rename(
-                {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group})))
+                {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group}))[:2])
         own, anon_id, anon = known
         memo = self._own_memo
         keyed = []
@@ -415,12 +415,13 @@ class Execution:
                              oid_map: dict[int, int]) -> tuple[int, Renaming | None]:
         if all(tid_map[t] == t for t in tid_map):
             return self.fingerprint(), None
-        rename_id, rename = self._renaming((tuple(tid_map.items()), tuple(oid_map.items())),
-                                           lambda: make_rename(tid_map, oid_map))
+        key = tuple(tid_map.items()), tuple(oid_map.items())
+        rename_id, rename, renaming = self._renaming(key, lambda: make_rename(tid_map, oid_map),
+                                                     (tid_map, oid_map))
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
             fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_id, rename) if t.alive else DONE_FP
-        return hash((self._renamed_world_hash(oid_map, rename_id, rename), *fps)), (tid_map, oid_map)
+        return hash((self._renamed_world_hash(oid_map, rename_id, rename), *fps)), renaming
 
     def _renamed_world_hash(self, oid_map: dict[int, int], rename_id: int, rename: Rename) -> int:
         """``World.h`` of the renamed world, from ``World.h`` (names are not state): the
@@ -438,11 +439,13 @@ class Execution:
             h ^= d
         return h
 
-    def _renaming(self, key: object, make: Callable[[], Rename]) -> tuple[int, Rename]:
-        """The id and rename function of the renaming ``key`` names (made once)."""
+    def _renaming(self, key: object, make: Callable[[], Rename],
+                  renaming: Renaming | None = None) -> tuple[int, Rename, Renaming | None]:
+        """The id, rename function and maps of the renaming ``key`` names (made once:
+        the maps that ``canonical`` returns are the same object for the same renaming)."""
         known = self._renamings.get(key)
         if known is None:
-            known = self._renamings[key] = (len(self._renamings), make())
+            known = self._renamings[key] = (len(self._renamings), make(), renaming)
         return known
 
     def _frames_hash(self, tid: int, rename_id: int, rename: Rename) -> int:

@@ -16,6 +16,8 @@ are dependent iff one writes a cell the other reads or writes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tdpmmu.explore.execution import Execution, Schedule, Snapshot
 from tdpmmu.explore.runtime import (
     LIVE,
@@ -74,6 +76,9 @@ class _Summary:
 # A fully explored state in the cache: the sleep set it was explored with, its
 # subtree's summary, the threads explored from it.
 _Entry = tuple[frozenset[int], "_Summary", frozenset[int]]
+# As the cache holds it: in the names of the state that stored it, with the renaming
+# that takes that state to the canonical one (see Dpor._recall).
+_Cached = tuple[_Entry, "Renaming | None"]
 
 
 class _Node:
@@ -115,6 +120,15 @@ def _conflict(r: int, w: int, u: int, r2: int, w2: int, u2: int) -> int:
 
 def _independent(a: Footprint, b: Footprint) -> bool:
     return not _conflict(*a, *b)
+
+
+def _compose(first: Mapping[int, int], then: Mapping[int, int]) -> dict[int, int]:
+    """Renaming by ``first``, then by ``then`` (each the identity where it has no entry)."""
+    out = {}
+    for x in first.keys() | then.keys():
+        y = first.get(x, x)
+        out[x] = then.get(y, y)
+    return out
 
 
 def _uncovered(remaining: list[int], covered: list[int], skip: int) -> int:
@@ -233,15 +247,21 @@ class Dpor(Search):
             out.after[p] = sum(1 << perm[q] for q in range(n) if summary.after[t] >> q & 1)
         return frozenset(perm[t] for t in asleep), out, frozenset(perm[t] for t in explored)
 
-    def _to_canonical(self, entry: _Entry, renaming: Renaming | None) -> _Entry:
-        return entry if renaming is None else self._renamed(entry, renaming)
-
-    def _from_canonical(self, entry: _Entry, renaming: Renaming | None) -> _Entry:
-        if renaming is None:
+    def _recall(self, cached: _Cached, renaming: Renaming | None) -> _Entry:
+        """A cache entry in the names of the state at hand (``renaming`` takes it to the
+        canonical state). Entries are kept in the names of the state that stored them,
+        with its renaming: most hits need none (the same names), the rest one."""
+        entry, stored = cached
+        if stored is renaming:  # (renamings are interned: Execution.canonical)
             return entry
-        tids, oids = renaming  # canonical to current: the inverse
-        return self._renamed(entry, ({int(v): Tid(k) for k, v in tids.items()},
-                                     {v: k for k, v in oids.items()}))
+        s_tids, s_oids = stored or ({}, {})
+        c_tids, c_oids = renaming or ({}, {})
+        # stored names -> canonical -> current names
+        tids = _compose(s_tids, {int(c): t for t, c in c_tids.items()})
+        oids = _compose(s_oids, {c: o for o, c in c_oids.items()})
+        if all(t == n for t, n in tids.items()) and all(o == n for o, n in oids.items()):
+            return entry
+        return self._renamed(entry, ({t: Tid(n) for t, n in tids.items()}, oids))
 
     def _scan(self, ex: Execution) -> tuple[dict[int, int], list[int], list[int]]:
         """Enabled threads and, for every thread with a pending step, the cells its
@@ -544,7 +564,7 @@ class Dpor(Search):
         if initial is not None:
             return initial, []
         cache = self.cache
-        visited: dict[int, _Entry] = {}
+        visited: dict[int, _Cached] = {}
         on_path: dict[int, int] = {}
         fp0 = ex.fingerprint() if cache else 0
         path: Schedule = []
@@ -637,9 +657,9 @@ class Dpor(Search):
                     continue
                 if self.symmetry:
                     key, renaming = ex.canonical()
-                entry = visited.get(key)
-                if entry is not None:
-                    entry = self._from_canonical(entry, renaming)
+                cached = visited.get(key)
+                if cached is not None:
+                    entry = self._recall(cached, renaming)
                 if entry is not None and entry[0] <= sleep.keys():
                     stats.executions += 1
                     bounds = self._summary_races(entry[1], tvc, self._scan(ex)[2])
@@ -657,7 +677,7 @@ class Dpor(Search):
                 node.summary.merge(self._leaf_summary)
                 if cache:  # a final state (whatever the sleep set) or a sleep-blocked one
                     asleep = frozenset(sleep) if not ex.finished() else frozenset()
-                    visited[key] = self._to_canonical((asleep, self._leaf_summary, frozenset()), renaming)
+                    visited[key] = (asleep, self._leaf_summary, frozenset()), renaming
                 self._drop_step(path)
                 continue
             child.key, child.renaming = key, renaming
@@ -693,7 +713,7 @@ class Dpor(Search):
                        self._vc):
             events.pop()
 
-    def _pop(self, visited: dict[int, _Entry],
+    def _pop(self, visited: dict[int, _Cached],
              on_path: dict[int, int]) -> None:
         """A state is fully explored: cache it with its subtree's accesses (unless a
         cycle in its subtree returned above it: then its summary is incomplete)."""
@@ -705,8 +725,7 @@ class Dpor(Search):
             node.summary.after = [sum(1 << q for q, c in enumerate(node.tvc) if first[q] > c[q])
                                   for first in node.first]
             if node.cycle >= depth:
-                visited[node.key] = self._to_canonical((node.sleep0, node.summary, frozenset(node.explored)),
-                                                       node.renaming)
+                visited[node.key] = (node.sleep0, node.summary, frozenset(node.explored)), node.renaming
         if stack:
             parent = stack[-1]
             parent.summary.merge(node.summary)

@@ -143,8 +143,9 @@ def test_hv_flush_current_asid_only_needs_hyperv() -> None:
 def test_corpus_two_vcpus() -> None:
     """Every mutant is still caught with two vCPUs (first counterexample, not shrunk);
     the unmutated kernels report nothing in their first 5,000 states (a fixed amount of
-    work, not of time: most of those searches do not finish at two vCPUs). B02's get-root-refcount-inc needs ~25 s at two vCPUs since
-    the page tables came in (55,795 states), hence the 180 s per mutant."""
+    work, not of time: most of those searches do not finish at two vCPUs). B02's
+    get-root-refcount-inc needs ~25 s at two vCPUs since the page tables came in
+    (55,795 states), hence the 180 s per mutant."""
     # B03's use-after-free is ~90 steps deep in stress: a depth-first search of the 2-vCPU
     # space does not reach it in minutes (it does in 6 s at one vCPU): rows whose mutant
     # is exercised at one vCPU stay at one (tests above).

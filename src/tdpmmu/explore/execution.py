@@ -192,6 +192,11 @@ class Execution:
         self.depth = 0
         self.rebuilt = 0  # steps re-run to rebuild generators (a cost measure)
         self.check_from = 0  # see step()
+        # Worlds (World.h) whose invariant check passed. Many steps change no shared
+        # cell, and many states share a world; the check reads nothing else. (DPOR
+        # learns which fields the check reads from its first run on a world: the same
+        # cells, so the same fields, every time.)
+        self._checked: set[int] = set()
         # Renamings canonical() used, each with a small id and its rename function
         self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
         # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
@@ -309,11 +314,14 @@ class Execution:
             # Where the invariant's reads start in the step's access log (DPOR tells
             # the step's own accesses from the check's).
             self.check_from = len(w.accesses) if w.accesses is not None else 0
-            try:
-                self.program.check_state(w)
-            except Exception as exc:  # a broken invariant check is a model error too
-                self._model_error(exc)
-            v = w.violation
+            if w.h not in self._checked:  # (a world that passed passes again)
+                try:
+                    self.program.check_state(w)
+                except Exception as exc:  # a broken invariant check is a model error too
+                    self._model_error(exc)
+                v = w.violation
+                if v is None:
+                    self._checked.add(w.h)
         if v is not None:
             if not v.thread:
                 v.thread = t.name

@@ -31,7 +31,9 @@ class Program(Protocol):
         ...
 
     def check_state(self, world: World) -> None:
-        """Report (``world.report``) any invariant broken in the current state."""
+        """Report (``world.report``) any invariant broken in the current state. A
+        function of the shared cells alone: the engine runs it once per distinct world
+        (``World.h``), not again after steps that changed no cell."""
         ...
 
     def check_final(self, world: World) -> None:

@@ -35,19 +35,27 @@ def agree(plain: Search, reduced: Dpor, prog: object) -> None:
 
 
 # -- random programs with interchangeable threads --------------------------------------------
-# An op acts on c0 (0), c1 (1) or the thread's own box (2).
-op_st = st.one_of(
-    st.tuples(st.sampled_from(["racy", "spin", "read", "write", "resched", "rcu", "call_rcu"]),
-              st.integers(0, 2)),
-    st.tuples(st.just("store"), st.integers(0, 2), st.integers(0, 1)),
-)
-ops_st = st.lists(op_st, min_size=1, max_size=3).map(tuple)
+def ops_on(targets: int) -> st.SearchStrategy[tuple]:
+    """Up to three ops, each on one of the thread's first ``targets`` boxes."""
+    op = st.one_of(
+        st.tuples(st.sampled_from(["racy", "spin", "read", "write", "resched", "rcu", "call_rcu"]),
+                  st.integers(0, targets - 1)),
+        st.tuples(st.just("store"), st.integers(0, targets - 1), st.integers(0, 1)),
+    )
+    return st.lists(op, min_size=1, max_size=3).map(tuple)
+
+
+# A copy acts on c0 (0), c1 (1) or its own box (2); the other thread also on the boxes of
+# copies 0 and 1 (3, 4): the copies' own cells then race with someone, and a cache hit's
+# summary must have them renamed.
+ops_st = ops_on(3)
+other_st = ops_on(5)
 
 
 def symmetric_program(ops: tuple, copies: int, other: tuple, fair: bool,
                       forbidden: tuple[int, int] | None) -> Prog:
     """``copies`` threads running ``ops``, each on c0, c1 and its own box; maybe one
-    other thread running ``other`` (on c0, c1 and a box of its own)."""
+    other thread running ``other`` (on c0, c1, a box of its own and the copies' 0 and 1)."""
     nthreads = copies + bool(other)
 
     def setup() -> Shared:
@@ -55,12 +63,13 @@ def symmetric_program(ops: tuple, copies: int, other: tuple, fair: bool,
                       own=tuple(kzalloc(Box, f"own{i}") for i in range(nthreads)),
                       lock=kzalloc(spinlock_t, "L"), rw=kzalloc(rwlock_t, "RW", fair=fair))
 
-    def thread(i: int, code: tuple):
-        return lambda s: run_ops(code, Shared(boxes=(*s.boxes, s.own[i]), lock=s.lock, rw=s.rw))
+    def thread(i: int, code: tuple, others: tuple[int, ...] = ()):
+        return lambda s: run_ops(code, Shared(boxes=(*s.boxes, s.own[i], *(s.own[j] for j in others)),
+                                              lock=s.lock, rw=s.rw))
 
     threads = [(f"v{i}", thread(i, ops)) for i in range(copies)]
     if other:
-        threads.append(("other", thread(copies, other)))
+        threads.append(("other", thread(copies, other, (0, 1))))
     prog = Prog(setup, threads, rcu=True, group=range(copies))
     if forbidden is not None:
         def state(s: Shared) -> str | None:
@@ -75,7 +84,7 @@ def small(ops: tuple, copies: int, other: tuple) -> bool:
 
 
 @settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops_st, copies=st.integers(2, 3), other=st.just(()) | ops_st, fair=st.booleans(),
+@given(ops=ops_st, copies=st.integers(2, 3), other=st.just(()) | other_st, fair=st.booleans(),
        forbidden=st.none() | st.tuples(st.integers(1, 2), st.integers(0, 2)))
 def test_random_symmetric_programs(ops: tuple, copies: int, other: tuple, fair: bool,
                                    forbidden: tuple[int, int] | None) -> None:
@@ -101,7 +110,7 @@ def test_random_symmetric_programs_catch_a_broken_dependency_relation() -> None:
     a state's fingerprint shows its threads' code and locals, so threads running
     different code never match; 3,000 random programs whose threads chose their code by
     their thread id, which no state shows, gave no disagreement either.)"""
-    args_st = st.tuples(ops_st, st.integers(2, 3), st.just(()) | ops_st, st.booleans(),
+    args_st = st.tuples(ops_st, st.integers(2, 3), st.just(()) | other_st, st.booleans(),
                         st.none() | st.tuples(st.integers(1, 2), st.integers(0, 2)))
     args = find(args_st, lambda a: small(*a[:3]) and broken_disagrees(a),
                 settings=settings(max_examples=300, database=None, deadline=None))

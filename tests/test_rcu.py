@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import Box, Prog, Shared, expect_pass, expect_violation, log, outcomes
+from tdpmmu.explore.execution import Execution
 from tdpmmu.explore.runtime import world
 from tdpmmu.kernel.atomic import READ_ONCE, WRITE_ONCE
 from tdpmmu.kernel.memory import Field, Struct, kfree, kzalloc
@@ -303,3 +304,25 @@ def test_list_next_or_null_rcu_inside_read_lock_is_fine() -> None:
         log(s.b, (yield from list_next_or_null_rcu(s.head, s.node)))
         yield from rcu_read_unlock()
     assert outcomes(Prog(list_setup, [t], observe=lambda s: s.b.log)) == {(None,)}
+
+
+def test_callback_daemon_keeps_no_locals_of_the_callback_it_ran() -> None:
+    """Once a callback has run, the RCU daemon waits for the next one fingerprinting as it
+    did before any: what it ran last is dead, and states differing only in it are one
+    state (the cache would otherwise tell them apart)."""
+    def updater_twice(s: Shared):
+        yield from call_rcu(s.b, lambda b: None)
+        yield from call_rcu(s.gp.ptr, free_obj)
+        yield from rcu_barrier()  # (the run ends when this thread does)
+
+    ex = Execution(Prog(setup, [updater_twice], rcu=True))
+    rcu = next(tid for tid, t in enumerate(ex.threads) if t.name == "rcu")
+    waiting = ex.fps[rcu]
+    ran = 0
+    while enabled := ex.enabled():
+        tid, _ = enabled[-1]  # the daemon as soon as it can run
+        assert ex.step(enabled[-1]) is None
+        if tid == rcu:
+            ran += 1
+            assert ex.fps[rcu] == waiting
+    assert ran == 2

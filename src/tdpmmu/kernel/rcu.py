@@ -115,16 +115,24 @@ def rcu_callback_thread() -> Generator[Op, int, None]:
     """Daemon: run a callback whose grace period has elapsed (softirq context)."""
     while True:
         yield Op("rcu_do_batch", guard=_ready)
-        pending = RCU.pending
-        i = next(i for i, (_, _, waiting) in enumerate(pending) if not waiting)
-        obj, fn, _ = pending[i]
-        RCU.pending = pending[:i] + pending[i + 1 :]
-        RCU.running = int(RCU.running) + 1
-        world().note("{}({})", getattr(fn, '__name__', fn), obj)
-        result = fn(obj)
-        if isinstance(result, Generator):
-            yield from result
-        RCU.running = int(RCU.running) - 1
+        # (In a function of its own: its locals die with it, so a daemon waiting for
+        # the next callback fingerprints alike whichever callback it ran last.)
+        yield from rcu_do_batch()
+
+
+@primitive
+def rcu_do_batch() -> Generator[Op, int, None]:
+    """Run the oldest callback whose grace period has elapsed."""
+    pending = RCU.pending
+    i = next(i for i, (_, _, waiting) in enumerate(pending) if not waiting)
+    obj, fn, _ = pending[i]
+    RCU.pending = pending[:i] + pending[i + 1 :]
+    RCU.running = int(RCU.running) + 1
+    world().note("{}({})", getattr(fn, '__name__', fn), obj)
+    result = fn(obj)
+    if isinstance(result, Generator):
+        yield from result
+    RCU.running = int(RCU.running) - 1
 
 
 @primitive

@@ -401,8 +401,9 @@ class Execution:
             # order, so it only decides how many orders are tried.)
             own = {o: [k for k in cells if k[0] == o and k[1] != NAME] for _, o in group}
             self._members += own.items()
-            known = self._groups[key] = (own, *self._renaming(("anon", *group), lambda: make_rename(
-                {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group}))[:2])
+            anon_id, anon, _ = self._renaming(("anon", *group), lambda: make_rename(
+                {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group}))
+            known = self._groups[key] = (own, anon_id, anon)
         own, anon_id, anon = known
         memo = self._own_memo
         keyed = []

@@ -203,13 +203,12 @@ class Execution:
         # thread that did not step are the same, and few distinct frames occur at all.
         # (Keyed by hash, like the state cache: frames equal by value rename alike.)
         self._frame_memo: dict[tuple[int, int], int] = {}
-        # canonical's view of each group: its members' own cells (per object), the
-        # renaming of every member to one placeholder, and that renaming's name
-        self._groups: dict[tuple[tuple[int, int], ...],
-                           tuple[dict[int, list[tuple[int, str]]], int, Rename]] = {}
-        self._own_memo: dict[tuple[Any, ...], int] = {}  # _member_orders' own-cells hashes
-        self._members: list[tuple[int, list[tuple[int, str]]]] = []  # every group's (object, cells)
-        self._delta_memo: dict[tuple[Any, ...], int] = {}  # member_delta by renaming and values
+        # canonical's anonymising renaming of each group (its id and function), and the
+        # cells of every group's members' own objects
+        self._groups: dict[tuple[tuple[int, int], ...], tuple[int, Rename]] = {}
+        self._member_cells: dict[int, list[tuple[int, str]]] = {}
+        self._own_memo: dict[tuple[int, tuple[Any, ...]], int] = {}  # _member_orders' hashes
+        self._delta_memo: dict[tuple[int, int, tuple[Any, ...]], int] = {}  # member_delta's
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -369,59 +368,70 @@ class Execution:
             return self.fingerprint(), None
         w = self.world
         set_world(w)
+        anons = [self._anonymiser(group) for group in groups]
+        # Every member's own cells' values, read once here for the sort keys and for
+        # every candidate's renamed world hash.
+        cells = w.cells
+        values = {o: tuple([cells[k] for k in keys]) for o, keys in self._member_cells.items()}
         # Per group, the assignments of members to its slots that order them by what
         # they are (`_member_orders`); the least fingerprint over every combination is
         # the canonical one, so that a state and any permutation of it agree.
         best: tuple[int, Renaming | None] | None = None
-        for orders in itertools.product(*(self._member_orders(group) for group in groups)):
+        orders = [self._member_orders(group, anon, values) for group, anon in zip(groups, anons, strict=True)]
+        for combination in itertools.product(*orders):
             tid_map: dict[int, Tid] = {}
             oid_map: dict[int, int] = {}
-            for group, order in zip(groups, orders, strict=True):
+            for group, order in zip(groups, combination, strict=True):
                 for (slot_t, slot_o), (t, o) in zip(group, order, strict=True):
                     tid_map[t] = self.tids[slot_t]
                     oid_map[o] = slot_o
-            candidate = self._renamed_fingerprint(tid_map, oid_map)
+            candidate = self._renamed_fingerprint(tid_map, oid_map, values)
             if best is None or candidate[0] < best[0]:
                 best = candidate
         assert best is not None
         return best
 
-    def _member_orders(self, group: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """The members of ``group`` sorted by what they are, not who they are (every
-        member renamed to one placeholder, then its thread and own object hashed); where
-        members tie, each order of them (a tie breaks no symmetry, so any of them may be
-        the canonical one)."""
-        cells = self.world.cells
+    def _anonymiser(self, group: Sequence[tuple[int, int]]) -> tuple[int, Rename]:
+        """The renaming of every member of ``group`` to one placeholder (its id and
+        function). The first time a group is met, its members' cells are listed: an
+        object's cells are all made when it is allocated (kzalloc), and the members'
+        objects exist before any thread runs."""
         key = tuple(group)
         known = self._groups.get(key)
         if known is None:
-            # An object's cells are all made when it is allocated (kzalloc), and the
-            # members' objects exist before any thread runs: list them once. (Any key
-            # that does not depend on names would do: ties are broken by trying each
-            # order, so it only decides how many orders are tried.)
-            own = {o: [k for k in cells if k[0] == o and k[1] != NAME] for _, o in group}
-            self._members += own.items()
+            for _, o in group:
+                self._member_cells[o] = [k for k in self.world.cells if k[0] == o and k[1] != NAME]
             anon_id, anon, _ = self._renaming(("anon", *group), lambda: make_rename(
                 {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group}))
-            known = self._groups[key] = (own, anon_id, anon)
-        own, anon_id, anon = known
+            known = self._groups[key] = (anon_id, anon)
+        return known
+
+    def _member_orders(self, group: Sequence[tuple[int, int]], anon: tuple[int, Rename],
+                       values: dict[int, tuple[Any, ...]]) -> list[list[tuple[int, int]]]:
+        """The members of ``group`` sorted by what they are, not who they are (every
+        member renamed to one placeholder by ``anon``, then its thread and own cells'
+        ``values`` hashed); where members tie, each order of them (a tie breaks no
+        symmetry, so any of them may be the canonical one). (Any key that does not
+        depend on names would do: ties are broken by trying each order, so the key only
+        decides how many orders are tried.)"""
+        anon_id, rename = anon
         memo = self._own_memo
         keyed = []
         for t, o in group:
             # A member's own cells, anonymised and hashed, remembered by their values
             # (most steps change no vCPU's own cells).
-            values = (anon_id, *[cells[k] for k in own[o]])
-            h = memo.get(values)
+            key = anon_id, values[o]
+            h = memo.get(key)
             if h is None:
-                h = memo[values] = hash(tuple(anon(v) for v in values[1:]))
-            keyed.append(((self._frames_hash(t, anon_id, anon), h), t, o))
+                h = memo[key] = hash(tuple(map(rename, values[o])))
+            keyed.append(((self._frames_hash(t, anon_id, rename), h), t, o))
         keyed.sort()
         runs = [[(t, o) for _, t, o in run] for _, run in itertools.groupby(keyed, key=lambda k: k[0])]
         return [[m for perm in perms for m in perm]
                 for perms in itertools.product(*(itertools.permutations(run) for run in runs))]
 
-    def _renamed_fingerprint(self, tid_map: dict[int, Tid],
-                             oid_map: dict[int, int]) -> tuple[int, Renaming | None]:
+    def _renamed_fingerprint(self, tid_map: dict[int, Tid], oid_map: dict[int, int],
+                             values: dict[int, tuple[Any, ...]]) -> tuple[int, Renaming | None]:
         if all(tid_map[t] == t for t in tid_map):
             return self.fingerprint(), None
         key = tuple(tid_map.items()), tuple(oid_map.items())
@@ -430,21 +440,22 @@ class Execution:
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
             fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_id, rename) if t.alive else DONE_FP
-        return hash((self._renamed_world_hash(oid_map, rename_id, rename), *fps)), renaming
+        return hash((self._renamed_world_hash(oid_map, rename_id, rename, values), *fps)), renaming
 
-    def _renamed_world_hash(self, oid_map: dict[int, int], rename_id: int, rename: Rename) -> int:
+    def _renamed_world_hash(self, oid_map: dict[int, int], rename_id: int, rename: Rename,
+                            values: dict[int, tuple[Any, ...]]) -> int:
         """``World.h`` of the renamed world, from ``World.h`` (names are not state): the
-        members' own cells move (their change remembered by their values: most steps
-        change no vCPU's cells), and cells elsewhere that name a member are renamed."""
+        members' own cells (holding ``values``) move, their change remembered by their
+        values (most steps change no vCPU's cells), and cells elsewhere that name a
+        member are renamed."""
         w = self.world
-        cells = w.cells
         memo = self._delta_memo
         h = w.h ^ naming_delta(w, oid_map, rename)
-        for o, keys in self._members:
-            values = (rename_id, o, *[cells[k] for k in keys])
-            d = memo.get(values)
+        for o, keys in self._member_cells.items():
+            key = rename_id, o, values[o]
+            d = memo.get(key)
             if d is None:
-                d = memo[values] = member_delta(keys, values[2:], oid_map, rename)
+                d = memo[key] = member_delta(keys, values[o], oid_map, rename)
             h ^= d
         return h
 

@@ -56,13 +56,6 @@ def _kind(t: type) -> int:
     return kind
 
 
-def may_name(v: object) -> bool:
-    """Whether ``v`` may change under some renaming (its type is not INERT)."""
-    t = type(v)
-    kind = _KINDS.get(t)
-    return (kind if kind is not None else _kind(t)) != INERT
-
-
 def make_rename(tid_map: dict[int, Tid], oid_map: dict[int, int]) -> Rename:
     member_oids = set(oid_map.values())
     kinds = _KINDS

@@ -67,7 +67,8 @@ class Prog:
     and its value collected in ``self.outcomes``. ``rcu=True`` adds the RCU callback
     daemon; ``daemons``: more daemon threads, ``(name, f)`` pairs (a workqueue's workers).
     ``group``: indices of threads that run the same code, each on its own object
-    ``s.own[i]``: interchangeable for symmetry reduction.
+    ``s.own[i]``: interchangeable for symmetry reduction. ``movers=False``: the unreduced
+    system, in which every left mover (``runtime.Op``) is a scheduling point.
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class Prog:
         final_kind: str = "final-check",
         state_kind: str = "invariant",
         group: Sequence[int] = (),
+        movers: bool = True,
     ) -> None:
         self.group = tuple(group)
+        self.movers = movers  # False: every left mover is a step of its own
         self.setup = setup
         self.threads = [t if isinstance(t, tuple) else (t.__name__, t) for t in threads]
         self.final = final

@@ -47,6 +47,7 @@ class Config:
     gfns: int | None = None  # guest frames under each root; None: the scenario's default
     cache: bool = True
     symmetry: bool = True  # vCPU symmetry (with the cache; DPOR renames cached summaries)
+    movers: bool = True  # run left movers (releases) with the step before them
     search: str = "dpor"  # "dpor" | "plain"; --preemptions and --random are searches of their own
     shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
     preemptions: int | None = None  # bound the search to schedules with this many preemptions
@@ -91,7 +92,7 @@ class Config:
     def program(self) -> KvmProgram:
         self.validate()
         kernel = build_kernel(KERNELS[self.kernel], MUTANTS[self.mutant] if self.mutant else None)
-        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.nr_gfns)
+        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.nr_gfns, self.movers)
 
 
 def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:

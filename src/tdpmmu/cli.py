@@ -91,6 +91,15 @@ Gfns = Annotated[int | None, typer.Option(
     "--gfns", help="Guest frames per root (1-4): page-table size [default: the scenario's].",
     show_default=False)]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Movers = Annotated[str, typer.Option(
+    "--movers", metavar="[on|off]", help="Run each release (unlock) with the step before it, a "
+    "reduction that loses no state (Lipton's left movers); off: every release is a step.")]
+
+
+def _on(value: str, option: str = "--movers") -> bool:
+    if value not in ("on", "off"):
+        fail(f"{option} takes on or off, not {value!r}")
+    return value == "on"
 
 
 def _emit(text_or_obj: str | dict[str, Any]) -> None:
@@ -176,6 +185,7 @@ def check(
                           "not --random).")
     ] = "on",
     no_symmetry: Annotated[bool, typer.Option("--no-symmetry", help="Same as --symmetry off.")] = False,
+    movers: Movers = "on",
     as_json: AsJson = False,
     progress: Annotated[
         bool | None,
@@ -184,11 +194,9 @@ def check(
     ] = None,
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
-    if symmetry not in ("on", "off"):
-        fail(f"--symmetry takes on or off, not {symmetry!r}")
     config = Config(scenario, kernel or kernel_for(mutant), mutant, vcpus, gfns, cache=not no_cache,
-                    symmetry=symmetry == "on" and not no_symmetry, search=search,
-                    preemptions=preemptions, random_runs=random_runs, seed=seed)
+                    symmetry=_on(symmetry, "--symmetry") and not no_symmetry, movers=_on(movers),
+                    search=search, preemptions=preemptions, random_runs=random_runs, seed=seed)
     limits = Limits(max_states=max_states, time_limit=time_limit, shrink_time=shrink_time)
     try:
         with ProgressDisplay(sys.stderr.isatty() if progress is None else progress) as show:
@@ -210,10 +218,11 @@ def replay(
     mutant: Mutant = None,
     vcpus: Vcpus = 2,
     gfns: Gfns = None,
+    movers: Movers = "on",
     as_json: AsJson = False,
 ) -> None:
     """Re-run one interleaving of SCENARIO, print its trace; exit 1 if it reaches a violation."""
-    config = Config(scenario, kernel or kernel_for(mutant), mutant, vcpus, gfns)
+    config = Config(scenario, kernel or kernel_for(mutant), mutant, vcpus, gfns, movers=_on(movers))
     try:
         steps = decode(schedule)
         ex, violation = replay_checked(config.program(), steps, max_steps=Limits().max_steps)

@@ -57,6 +57,8 @@ def replay_command(config: Config, schedule: Schedule) -> str:
     args += ["--vcpus", str(config.vcpus)]
     if config.gfns is not None:
         args += ["--gfns", str(config.gfns)]
+    if not config.movers:  # the schedule's steps are the unreduced system's
+        args += ["--movers", "off"]
     args += ["--schedule", encode(schedule)]
     return shlex.join(args)
 
@@ -250,6 +252,7 @@ def _config_json(config: Config) -> dict[str, Any]:
         "mutant": config.mutant,
         "vcpus": config.vcpus,
         "gfns": config.nr_gfns,
+        "movers": config.movers,
     }
     if config.mutant:
         out["expected"] = expected_kinds(config)

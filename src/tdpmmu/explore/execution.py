@@ -24,13 +24,19 @@ from typing import Any
 from tdpmmu.explore.program import Program, ThreadSpec
 from tdpmmu.explore.runtime import (
     INLINE_CODE,
+    MEMBER_READ,
+    MEMBER_WRITE,
+    MOVED,
     NAME,
     PRIMITIVE_CODE,
+    READ,
+    WRITE,
     Op,
     ReplayWorld,
     StepAborted,
     Tid,
     Violation,
+    advance,
     set_world,
 )
 from tdpmmu.explore.symmetry import Rename, Renaming, frame_hash, make_rename, member_delta, naming_delta
@@ -178,6 +184,9 @@ class Execution:
 
     def __init__(self, program: Program, *, tracing: bool = False, max_steps: int = 0) -> None:
         self.program = program
+        # Left movers run with the step before them (runtime.Op), unless the program
+        # says otherwise (to compare with the unreduced system).
+        self.movers: bool = getattr(program, "movers", True)
         world, specs = program.build()
         self.world = world
         world.tracing = tracing
@@ -197,6 +206,11 @@ class Execution:
         # learns which fields the check reads from its first run on a world: the same
         # cells, so the same fields, every time.)
         self._checked: set[int] = set()
+        # Cells a left mover's effect wrote and cells the invariant read: they must not
+        # meet (_run_mover), and either may be learned first.
+        self._mover_writes: dict[tuple[int, str], str] = {}
+        self._unfused: tuple[tuple[Any, ...], ...] | None = None  # see _run_mover
+        self._invariant_reads: set[tuple[int, str]] = set()
         # Renamings canonical() used, each with a small id and its rename function
         self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
         # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
@@ -229,7 +243,12 @@ class Execution:
             self._model_error(exc)
         else:
             try:
-                frames = thread_frames(t.gen)
+                frames = self._unfused
+                if frames is None:
+                    frames = thread_frames(t.gen)
+                else:  # the generator ran past the mover it stopped at: rebuild it
+                    self._unfused = None
+                    t.pos = -1
                 hashes = tuple(map(hash, frames))
                 self.fps[tid] = hash(hashes)
                 self.frames[tid] = frames
@@ -241,18 +260,91 @@ class Execution:
         if choice is not None:
             t.choices.append(choice)
             t.steps += 1
-            t.pos += 1
+            if t.pos >= 0:
+                t.pos += 1
         t.marks.append(len(t.log))
 
     def _send(self, t: ThreadState, choice: int | None) -> Op:
         """Run the thread's code to its next scheduling point (a violation reported in
-        it ends the step: ``World.report``)."""
-        self.world.stepping = True
+        it ends the step: ``World.report``). Left movers on the way are part of the
+        step; a trace shows them after its action."""
+        w = self.world
+        w.stepping = True
+        fused: list[str] | None = [] if w.tracing and self.trace else None
         try:
-            op: Op = t.gen.send(choice)
-            return op
+            return advance(t.gen, choice, self.movers, fused, self._run_mover if self.movers else None)
         finally:
-            self.world.stepping = False
+            w.stepping = False
+            if fused:
+                self.trace[-1].action = "; ".join((self.trace[-1].action, *fused))
+
+    def _run_mover(self, gen: Any, op: Op) -> Op | None:
+        """Run a left mover's effect (to its ``MOVED``) and the thread's code after it, to
+        its next scheduling point, with the step before (docs/design.md, "Left movers").
+        That code moves with the effect, so it must touch no shared memory (no read, no
+        write, no violation): if it does, both are undone and None says the mover is a
+        scheduling point of its own here. (Whether it does depends only on the thread's
+        own state, so a replay decides alike.) What the effect writes is kept: the
+        invariant must not read it, for the states skipped differ in it."""
+        w = self.world
+        log, accesses, notes = w.log, w.accesses, w.notes
+        assert log is not None
+        undo = w.snapshot(), len(log), len(accesses) if accesses is not None else 0, len(notes)
+        frames = thread_frames(gen)  # the thread's state if the mover is not run now
+        waiting = self._guards_holding()
+        effect: list[tuple[tuple[int, str], int]] = []
+        w.accesses = effect
+        try:
+            nxt = gen.send(0)
+        finally:
+            w.accesses = accesses
+            if accesses is not None:
+                accesses += effect
+        if nxt is not MOVED:
+            w.report("model-error", f"{op.label()} is declared a left mover but does not yield MOVED")
+        # A release only enables: a thread waiting for the lock to be *held* would lose
+        # its chance to run before it.
+        disables = bool(waiting - self._guards_holding())
+        mark = len(log), w.h
+        try:
+            nxt = gen.send(0)
+        except Exception:  # StopIteration: the thread's end must not move left with it
+            pass           # (it ends the execution, if it is the last, and so disables the
+                           # daemons); a violation or an error: it touched something
+        else:
+            if (len(log), w.h) == mark and not disables:
+                for key, kind in effect:
+                    if kind in (WRITE, MEMBER_WRITE) and key[0] >= 0:
+                        self._mover_writes.setdefault(key, op.label())
+                        if key in self._invariant_reads:
+                            self._mover_clash(key)
+                return nxt  # type: ignore[no-any-return]
+        world, n_log, n_accesses, n_notes = undo
+        w.restore(world)
+        del log[n_log:], notes[n_notes:]
+        if accesses is not None:
+            del accesses[n_accesses:]
+        self._unfused = frames
+        return None
+
+    def _guards_holding(self) -> set[int]:
+        """The other threads blocked on a guard that holds now (read unlogged: this is
+        the engine looking, not the stepping thread)."""
+        w = self.world
+        log, accesses, me = w.log, w.accesses, w.tid
+        w.log = w.accesses = None
+        try:
+            return {tid for tid, t in enumerate(self.threads)
+                    if tid != me and t.pending is not None and t.pending.guard is not None
+                    and t.pending.guard()}
+        finally:
+            w.log, w.accesses = log, accesses
+
+    def _mover_clash(self, key: tuple[int, str]) -> None:
+        w = self.world
+        w.report("model-error", f"the invariant reads {w.name_of(key[0])}.{key[1]}, which "
+                 f"{self._mover_writes[key]} writes: running it as a left mover skips states "
+                 "the invariant must see (run with --movers off)")
 
     def _end(self, t: ThreadState, tid: int) -> None:
         t.pending = None
@@ -274,12 +366,22 @@ class Execution:
         """Bring a thread's generator back to its current step from its own log."""
         t = self.threads[tid]
         n = t.steps
-        set_world(ReplayWorld(t.log, self.tids[tid], self.world.thread_names))
+        replay = ReplayWorld(t.log, self.tids[tid], self.world.thread_names)
+        set_world(replay)
+        step_end = [t.marks[0]]  # where the log of the step being rebuilt ends
+
+        def run_mover(gen: Any, op: Op) -> Op | None:
+            # The mover ran with its step iff that step logged more reads (its effect's).
+            if replay.position >= step_end[0]:
+                return None
+            gen.send(0)
+            return gen.send(0)  # type: ignore[no-any-return]
         try:
             gen = t.spec.start()
-            next(gen)
-            for c in t.choices[:n]:
-                gen.send(c)
+            advance(gen, None, self.movers, None, run_mover)
+            for c, end in zip(t.choices[:n], t.marks[1:], strict=False):
+                step_end[0] = end
+                advance(gen, c, self.movers, None, run_mover)
         finally:
             set_world(self.world)
         t.gen = gen  # type: ignore[assignment]
@@ -314,10 +416,7 @@ class Execution:
             # the step's own accesses from the check's).
             self.check_from = len(w.accesses) if w.accesses is not None else 0
             if w.h not in self._checked:  # (a world that passed passes again)
-                try:
-                    self.program.check_state(w)
-                except Exception as exc:  # a broken invariant check is a model error too
-                    self._model_error(exc)
+                self._check_state()
                 v = w.violation
                 if v is None:
                     self._checked.add(w.h)
@@ -325,9 +424,30 @@ class Execution:
             if not v.thread:
                 v.thread = t.name
             if not v.function:
+                if t.alive and t.pos != t.steps:  # it ran past a release it stopped at
+                    self._rebuild(tid)
                 stack = model_stack(t.gen) if t.alive else []
                 v.function = stack[-1] if stack else (self.trace[-1].function if self.trace else "")
         return v
+
+    def _check_state(self) -> None:
+        """The program's invariant; with movers, what it reads is kept (``_run_mover``)."""
+        w = self.world
+        outer = w.accesses
+        log = outer if outer is not None or not self.movers else []
+        w.accesses = log
+        try:
+            self.program.check_state(w)
+        except Exception as exc:  # a broken invariant check is a model error too
+            self._model_error(exc)
+        finally:
+            w.accesses = outer
+            if log is not None and self.movers:
+                for key, kind in log[self.check_from if outer is not None else 0:]:
+                    if key not in self._invariant_reads and kind in (READ, MEMBER_READ):
+                        self._invariant_reads.add(key)
+                        if key in self._mover_writes:
+                            self._mover_clash(key)
 
     # -- observing ------------------------------------------------------------------
     def finished(self) -> bool:

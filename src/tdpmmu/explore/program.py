@@ -39,3 +39,6 @@ class Program(Protocol):
     def check_final(self, world: World) -> None:
         """Report anything wrong once every non-daemon thread has finished."""
         ...
+
+    # Optional: ``movers = False`` makes every left mover (``runtime.Op``) a scheduling
+    # point of its own, the unreduced system the reduction is checked against.

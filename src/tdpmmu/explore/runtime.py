@@ -15,6 +15,7 @@ on top of it and ``tdpmmu.explore`` drives it.
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -37,20 +38,61 @@ class Op:
     blocked (disabled, not spinning) until ``guard()`` is true. ``choices > 1`` makes the
     step a nondeterministic branch: the engine explores each index and sends it back.
     The label is built lazily from ``name`` and ``args`` because only traces need it.
+
+    ``moves_left`` marks a *left mover* (Lipton, CACM 1975): an operation that never
+    blocks and commutes with every step another thread can take just before it (a
+    release). It ends its effect with ``yield MOVED``. The engine runs it with the
+    thread's previous step, saving a scheduling point, where that loses no final state,
+    deadlock or violation: the code after it touches no shared memory, it disables no
+    waiting thread, and the invariant reads nothing it writes (``Execution._run_mover``;
+    docs/design.md, "Left movers", also says why each release commutes).
     """
 
-    __slots__ = ("args", "choices", "guard", "name")
+    __slots__ = ("args", "choices", "guard", "moves_left", "name")
 
     def __init__(
-        self, name: str, *args: object, guard: Guard | None = None, choices: int = 1
+        self, name: str, *args: object, guard: Guard | None = None, choices: int = 1,
+        moves_left: bool = False,
     ) -> None:
         self.name = name
         self.args = args
         self.guard = guard
         self.choices = choices
+        self.moves_left = moves_left
 
     def label(self) -> str:
         return f"{self.name}({', '.join(str(a) for a in self.args)})"
+
+
+MoverRunner = Callable[[Any, "Op"], "Op | None"]
+
+
+def advance(thread: Thread, value: int | None, movers: bool = True, fused: list[str] | None = None,
+            run_mover: MoverRunner | None = None) -> Op:
+    """Resume a thread and run it to its next scheduling point, through the left movers
+    on the way unless ``movers`` is off (their labels go to ``fused`` for a trace).
+    ``run_mover(thread, op)`` runs a left mover's effect and the thread's code after it,
+    to its next point, and returns that point's op; or None, having undone both, where
+    they must not run with the step before (``Execution._run_mover``): the mover is then
+    a scheduling point of its own."""
+    op = thread.send(value)  # type: ignore[arg-type]
+    while True:
+        if op is MOVED:  # the end of a mover's effect: no point, with movers or without
+            op = thread.send(0)
+        elif movers and op.moves_left and run_mover is not None:
+            nxt = run_mover(thread, op)
+            if nxt is None:
+                return op
+            if fused is not None:
+                fused.append(op.label())
+            op = nxt
+        else:
+            return op
+
+
+# A left mover yields MOVED where its effect ends (``yield Op(..., moves_left=True)``,
+# the effect, ``yield MOVED``): the engine checks what runs after it (Execution._run_mover).
+MOVED = Op("moved")
 
 
 @dataclass
@@ -309,16 +351,22 @@ class ReplayWorld(World):
     """What a thread sees while its generator is rebuilt: its own logged reads, in order.
     Writes, frees and reports are dropped: they already happened in the real world."""
 
-    __slots__ = ("_reads",)
+    __slots__ = ("_reads", "_size")
 
     def __init__(self, reads: list[Any], tid: int, thread_names: list[str]) -> None:
         super().__init__()
         self._reads = iter(reads)
+        self._size = len(reads)
         self.tid = tid
         self.thread_names = thread_names
 
     def get(self, key: Key) -> Any:
         return next(self._reads)
+
+    @property
+    def position(self) -> int:
+        """How many logged reads the rebuilt thread has consumed."""
+        return self._size - operator.length_hint(self._reads)
 
     def peek(self, key: Key) -> Any:
         return next(self._reads)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from tdpmmu.explore.runtime import NAME, Op, primitive, world
+from tdpmmu.explore.runtime import MOVED, NAME, Op, primitive, world
 from tdpmmu.kernel.memory import Field, Struct, get_member, set_member
 
 RcuCallback = Callable[[Any], object]
@@ -61,18 +61,19 @@ def rcu_read_lock() -> Generator[Op, int, None]:
 
 @primitive
 def rcu_read_unlock() -> Generator[Op, int, None]:
-    yield Op("rcu_read_unlock")
+    yield Op("rcu_read_unlock", moves_left=True)  # see Op: a release
     w = world()
     tid = w.tid
     readers = get_member(RCU, "readers", tid)
     d = _depth(tid, readers)
     if d == 0:
         w.report("WARNING", "rcu_read_unlock() without rcu_read_lock()")
-        return
-    set_member(RCU, "readers", (readers - {(tid, d)}) | ({(tid, d - 1)} if d > 1 else set()), tid)
+    else:
+        set_member(RCU, "readers", (readers - {(tid, d)}) | ({(tid, d - 1)} if d > 1 else set()), tid)
     if d == 1:  # the section ends: no grace period waits for this thread any more
         pending = get_member(RCU, "pending", tid)
         set_member(RCU, "pending", tuple((obj, fn, waiting - {tid}) for obj, fn, waiting in pending), tid)
+    yield MOVED
 
 
 @primitive

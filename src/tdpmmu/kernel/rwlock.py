@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.explore.runtime import MOVED, Op, primitive, world
 from tdpmmu.kernel.memory import Field, Struct, get_member, set_member
 
 NO_WRITER = -1
@@ -60,22 +60,30 @@ def read_lock(lock: rwlock_t) -> Generator[Op, int, None]:
     _take_read(lock)
 
 
+# The unlocks are left movers (see Op): whatever another thread can do while this one
+# holds the lock (read_lock, a writer queueing, rwlock_is_contended) reads neither this
+# thread's member of `readers` nor `writer`, so it commutes with the unlock.
 @primitive
 def read_unlock(lock: rwlock_t) -> Generator[Op, int, None]:
-    yield Op("read_unlock", lock)
+    yield Op("read_unlock", lock, moves_left=True)
     _drop_read(lock, "read_unlock")
+    yield MOVED
 
 
 @primitive
 def write_lock(lock: rwlock_t) -> Generator[Op, int, None]:
     yield Op("write_lock", lock)
-    me = world().tid
-    if lock.writer == NO_WRITER and not lock.readers and not lock.waiting_writers:
-        lock.writer = me  # fast path: cmpxchg 0 -> LOCKED
-        return
-    if lock.writer == me or me in lock.readers:
-        world().report("deadlock", f"write_lock({lock}) by a thread that already holds it")
-    lock.waiting_writers = (*lock.waiting_writers, me)  # slow path: set WAITING, queue
+    w = world()
+    me = w.tid
+    if lock.writer == me or me in get_member(lock, "readers", me):
+        w.report("deadlock", f"write_lock({lock}) by a thread that already holds it")
+    # A writer always queues, then takes the lock once it is free: the kernel's fast
+    # path (cmpxchg 0 -> LOCKED on a free lock) is this with nothing in between, and
+    # what could run in between cannot tell (a reader arriving waits behind the queued
+    # writer as it would behind the holder; nobody holds the lock to see it contended).
+    # A fast path here would depend on whether readers hold the lock, and so would not
+    # commute with read_unlock; this way the unlocks are left movers.
+    lock.waiting_writers = (*lock.waiting_writers, me)
     yield Op(
         "write_lock",
         lock,
@@ -87,8 +95,9 @@ def write_lock(lock: rwlock_t) -> Generator[Op, int, None]:
 
 @primitive
 def write_unlock(lock: rwlock_t) -> Generator[Op, int, None]:
-    yield Op("write_unlock", lock)
+    yield Op("write_unlock", lock, moves_left=True)
     _drop_write(lock, "write_unlock")
+    yield MOVED
 
 
 def rwlock_is_contended(lock: rwlock_t) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from tdpmmu.explore.runtime import Op, primitive, world
+from tdpmmu.explore.runtime import MOVED, Op, primitive, world
 from tdpmmu.kernel.memory import Field, Struct
 
 NO_OWNER = -1
@@ -33,11 +33,14 @@ def _acquire(name: str, lock: spinlock_t | mutex) -> Generator[Op, int, None]:
 
 @primitive
 def _release(name: str, lock: spinlock_t | mutex) -> Generator[Op, int, None]:
-    yield Op(name, lock)
+    # A left mover (see Op): what another thread could do just before it cannot be
+    # taking this lock, and nothing but the owner's own asserts reads the owner.
+    yield Op(name, lock, moves_left=True)
     w = world()
     if lock.owner != w.tid:
         w.report("lockdep", f"{name}({lock}) by {w.thread_name}, which does not hold it")
     lock.owner = NO_OWNER
+    yield MOVED
 
 
 @primitive

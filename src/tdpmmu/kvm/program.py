@@ -19,8 +19,9 @@ from tdpmmu.kvm.x86 import Kernel
 
 class KvmProgram:
     def __init__(self, kernel: type[Kernel], scenario: Scenario, vcpus: int,
-                 gfns: int | None = None) -> None:
+                 gfns: int | None = None, movers: bool = True) -> None:
         self.kernel = kernel()
+        self.movers = movers  # see explore.program.Program
         self.kernel.max_gfn = gfns or scenario.gfns
         self.scenario = scenario
         self.nr_vcpus = vcpus

@@ -5,12 +5,13 @@ model, page tables under the roots included.
     python bench/promela/gen.py            # rewrites memslot_delete.pml
     spin -a -DN=2 memslot_delete.pml       # N vCPUs (1..4), default 1
     spin -a -DN=2 -DMUTANT_ZAP_UNSCHEDULED memslot_delete.pml
-    spin -o1 -a -DN=2 -DPY_LOCALS memslot_delete.pml   # tdpmmu's exact state count
+    spin -o1 -a -DN=2 memslot_delete.pml   # tdpmmu's exact state count
 
 The last line is the equivalence check (docs/design.md, "Side by side with SPIN"): with
-SPIN's dead-variable reset off (-o1) and the RCU daemon keeping the dead locals of its
-last batch as Python's frame does (-DPY_LOCALS), pan -DNOREDUCE stores exactly as many
-states as `tdpmmu check memslot-delete --search plain --no-symmetry`.
+SPIN's dead-variable reset off (-o1), pan -DNOREDUCE stores exactly as many states as
+`tdpmmu check memslot-delete --search plain --no-symmetry --movers off`: every release a
+step of its own (tdpmmu's left movers, which fuse a release with the step before where
+the code after it touches no shared memory, are a reduction of this system).
 
 How it is built. Every Python `yield Op(...)` becomes one step
 `Lk: atomic { guard -> effect; <plain code up to the next Op> }`: the effect of the Op
@@ -172,15 +173,11 @@ def read_unlock(t: Thread) -> None:
 
 
 def write_lock(t: Thread) -> None:
-    t.step("write_lock(mmu_lock)", [
-        "if\n  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid"
-        "\n  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++\n  fi"])
-    a, b = t.split("wr != _pid")
-    t.open = a
+    # A writer always queues, then takes the lock (src/tdpmmu/kernel/rwlock.py).
+    t.step("write_lock(mmu_lock)", ["assert(!(wr == _pid || rd[_pid]))", "wq[nwq] = _pid", "nwq++"])
     t.step("write_lock(mmu_lock) (queued)",
            ["wq[0] = wq[1]; wq[1] = NOBODY; nwq--", "wr = _pid"],
            guard="wr == NOBODY && nrd == 0 && wq[0] == _pid")
-    t.open += b
 
 
 def write_unlock(t: Thread) -> None:
@@ -688,21 +685,10 @@ RCU_DAEMON = r"""
    tdp_mmu_free_sp_rcu_callback() frees the root or table (kfree) */
 active proctype rcu() {
   byte k;
-#ifdef PY_LOCALS
-  /* The Python daemon's frame keeps the locals of the last batch it ran (pending,
-     i, obj, fn, _, result: python's frame fingerprint hashes them, dead or not). Only
-     for the equivalence check, with spin -o1 (no dead-variable reset): see docs/design.md. */
-  byte py_pending_obj[MAXCB], py_pending_wait[MAXCB], py_npending, py_i, py_obj;
-#endif
 end_rcu:
   do
   :: atomic { (CB_READY_ANY) ->
        k = 0; do :: cb_wait[k] == 0 -> break :: else -> k++ od;
-#ifdef PY_LOCALS
-       py_npending = ncb; py_i = k; py_obj = cb_obj[k];
-       i = 0; do :: i < MAXCB -> py_pending_obj[i] = cb_obj[i]; py_pending_wait[i] = cb_wait[i]; i++
-              :: else -> break od; i = 0;
-#endif
        o_freed[cb_obj[k]] = 1;
        do :: k + 1 < ncb -> cb_obj[k] = cb_obj[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
           :: else -> break od;

@@ -710,15 +710,10 @@ L0: /* lock(slots_lock) */
     slots_lock = _pid;
     goto L1 }
 L1: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L2
-      :: else -> valid_gen = 1 - valid_gen;
-      goto L3
-    fi }
+  atomic { assert(!(wr == _pid || rd[_pid]));
+    wq[nwq] = _pid;
+    nwq++;
+    goto L2 }
 L2: /* write_lock(mmu_lock) (queued) */
   atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
     wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
@@ -1168,14 +1163,10 @@ L0: /* wait_event(users_count == 0) */
   atomic { (users == 0);
     goto L1 }
 L1: /* write_lock(mmu_lock) */
-  atomic { if
-  :: wr == NOBODY && nrd == 0 && nwq == 0 -> wr = _pid
-  :: else -> assert(!(wr == _pid || rd[_pid])); wq[nwq] = _pid; nwq++
-  fi;
-    if
-      :: (wr != _pid) -> goto L2
-      :: else -> goto L3
-    fi }
+  atomic { assert(!(wr == _pid || rd[_pid]));
+    wq[nwq] = _pid;
+    nwq++;
+    goto L2 }
 L2: /* write_lock(mmu_lock) (queued) */
   atomic { (wr == NOBODY && nrd == 0 && wq[0] == _pid);
     wq[0] = wq[1]; wq[1] = NOBODY; nwq--;
@@ -2196,21 +2187,10 @@ Lend: end_done: false
    tdp_mmu_free_sp_rcu_callback() frees the root or table (kfree) */
 active proctype rcu() {
   byte k;
-#ifdef PY_LOCALS
-  /* The Python daemon's frame keeps the locals of the last batch it ran (pending,
-     i, obj, fn, _, result: python's frame fingerprint hashes them, dead or not). Only
-     for the equivalence check, with spin -o1 (no dead-variable reset): see docs/design.md. */
-  byte py_pending_obj[MAXCB], py_pending_wait[MAXCB], py_npending, py_i, py_obj;
-#endif
 end_rcu:
   do
   :: atomic { (CB_READY_ANY) ->
        k = 0; do :: cb_wait[k] == 0 -> break :: else -> k++ od;
-#ifdef PY_LOCALS
-       py_npending = ncb; py_i = k; py_obj = cb_obj[k];
-       i = 0; do :: i < MAXCB -> py_pending_obj[i] = cb_obj[i]; py_pending_wait[i] = cb_wait[i]; i++
-              :: else -> break od; i = 0;
-#endif
        o_freed[cb_obj[k]] = 1;
        do :: k + 1 < ncb -> cb_obj[k] = cb_obj[k + 1]; cb_wait[k] = cb_wait[k + 1]; k++
           :: else -> break od;

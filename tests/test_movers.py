@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from conftest import Box, Prog, Shared, dfs, replay_violation
 from tdpmmu.api import Config, check
-from tdpmmu.explore.execution import Execution
+from tdpmmu.explore.execution import Execution, thread_frames
 from tdpmmu.explore.result import Limits
-from tdpmmu.explore.runtime import Op, primitive
+from tdpmmu.explore.runtime import MOVED, Op, primitive
 from tdpmmu.explore.search.dfs import DepthFirst
 from tdpmmu.kernel.atomic import READ_ONCE, WRITE_ONCE
 from tdpmmu.kernel.memory import kzalloc
@@ -100,6 +100,43 @@ def test_a_false_mover_loses_a_final_state() -> None:
     with pytest.raises(AssertionError):
         agree(fused, unfused, make(True))
     assert len(fused.final_states) < len(unfused.final_states)
+
+
+@primitive
+def private_store_as_mover(box: Box) -> Generator[Op, int, None]:
+    """A left mover whose effect reads nothing: a store to a cell no one else touches."""
+    yield Op("private_store", box, moves_left=True)
+    box.m = 1
+    yield MOVED
+
+
+def racy_then_private(s: Shared) -> Generator[Op, int, None]:
+    v = yield from READ_ONCE(s.b, "n")
+    yield from WRITE_ONCE(s.b, "n", v + 1)
+    yield from private_store_as_mover(s.own[0])
+    yield from WRITE_ONCE(s.b, "flag", 1)
+
+
+def racy(s: Shared) -> Generator[Op, int, None]:
+    v = yield from READ_ONCE(s.b, "n")
+    yield from WRITE_ONCE(s.b, "n", v + 1)
+
+
+def test_a_mover_whose_effect_reads_nothing_rebuilds_alike() -> None:
+    """A rebuilt thread finds its fused movers by the mark they leave in its log, not by
+    the effect's reads (this one has none): rebuilt, it is where it was."""
+    make = with_movers(lambda: Prog(lambda: Shared(b=kzalloc(Box, "b"), own=(kzalloc(Box, "o"),)),
+                                    [racy_then_private, racy], observe=lambda s: s.b.n))
+    fused, unfused = both(make)
+    agree(fused, unfused, make(True))
+    ex = Execution(make(True))
+    ex.step((0, 0))
+    ex.step((0, 0))  # the write, the private store fused with it
+    assert ex.threads[0].pending.name == "WRITE_ONCE"  # type: ignore[union-attr]
+    ex.threads[0].pos = -1
+    ex.step((1, 0))
+    ex._rebuild(0)
+    assert thread_frames(ex.threads[0].gen) == ex.frames[0]
 
 
 # -- what the engine refuses to fuse ----------------------------------------------------------

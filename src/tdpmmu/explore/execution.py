@@ -28,6 +28,7 @@ from tdpmmu.explore.runtime import (
     MEMBER_WRITE,
     MOVED,
     NAME,
+    NEXT_OID,
     PRIMITIVE_CODE,
     READ,
     WRITE,
@@ -290,6 +291,7 @@ class Execution:
         log, accesses, notes = w.log, w.accesses, w.notes
         assert log is not None
         undo = w.snapshot(), len(log), len(accesses) if accesses is not None else 0, len(notes)
+        log.append(MOVED)  # marks a fused mover in the log, for a rebuild (_rebuild)
         frames = thread_frames(gen)  # the thread's state if the mover is not run now
         waiting = self._guards_holding()
         effect: list[tuple[tuple[int, str], int]] = []
@@ -371,9 +373,11 @@ class Execution:
         step_end = [t.marks[0]]  # where the log of the step being rebuilt ends
 
         def run_mover(gen: Any, op: Op) -> Op | None:
-            # The mover ran with its step iff that step logged more reads (its effect's).
+            # The mover ran with its step iff that step's log goes on (with the mark
+            # _run_mover leaves, then the effect's reads).
             if replay.position >= step_end[0]:
                 return None
+            replay.get(NEXT_OID)  # the mark
             gen.send(0)
             return gen.send(0)  # type: ignore[no-any-return]
         try:

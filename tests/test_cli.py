@@ -173,6 +173,19 @@ def test_progress_line() -> None:
 # -- replay ---------------------------------------------------------------------------
 
 
+def test_replay_of_a_run_without_movers_says_so() -> None:
+    """Without movers every release is a step: the schedule only replays that way."""
+    found = run("check", "memslot-delete", "--mutant", "zap-unscheduled-roots", "--movers", "off",
+                "--shrink-time", "0")
+    assert found.exit_code == 1
+    argv = shlex.split(found.stdout.splitlines()[-1].removeprefix("replay:").strip())
+    assert argv[argv.index("--movers") + 1] == "off"
+    again = run(*argv[1:], "--json")
+    assert again.exit_code == 1 and json.loads(again.stdout)["violation"]["kind"] == "KVM_BUG_ON"
+    assert json.loads(again.stdout)["movers"] is False
+    assert run("check", "vcpu-load", "--movers", "maybe").exit_code == 2
+
+
 def test_replay_reproduces_the_printed_violation() -> None:
     found = run("check", "vcpu-load", "--mutant", "no-recheck")
     assert found.exit_code == 1

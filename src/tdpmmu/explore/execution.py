@@ -188,6 +188,7 @@ class Execution:
         # Left movers run with the step before them (runtime.Op), unless the program
         # says otherwise (to compare with the unreduced system).
         self.movers: bool = getattr(program, "movers", True)
+        self._mover_runner = self._run_mover if self.movers else None  # (bound once: every step)
         world, specs = program.build()
         self.world = world
         world.tracing = tracing
@@ -209,9 +210,9 @@ class Execution:
         self._checked: set[int] = set()
         # Cells a left mover's effect wrote and cells the invariant read: they must not
         # meet (_run_mover), and either may be learned first.
-        self._mover_writes: dict[tuple[int, str], str] = {}
+        self._mover_writes: dict[tuple[int, str], str | None] = {}  # cell -> the mover's label
+        self._invariant_reads: dict[tuple[int, str], str | None] = {}  # (values unused)
         self._unfused: tuple[tuple[Any, ...], ...] | None = None  # see _run_mover
-        self._invariant_reads: set[tuple[int, str]] = set()
         # Renamings canonical() used, each with a small id and its rename function
         self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
         # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
@@ -273,7 +274,7 @@ class Execution:
         w.stepping = True
         fused: list[str] | None = [] if w.tracing and self.trace else None
         try:
-            return advance(t.gen, choice, self.movers, fused, self._run_mover if self.movers else None)
+            return advance(t.gen, choice, self._mover_runner, fused)
         finally:
             w.stepping = False
             if fused:
@@ -315,11 +316,7 @@ class Execution:
                            # daemons); a violation or an error: it touched something
         else:
             if (len(log), w.h) == mark and not disables:
-                for key, kind in effect:
-                    if kind in (WRITE, MEMBER_WRITE) and key[0] >= 0:
-                        self._mover_writes.setdefault(key, op.label())
-                        if key in self._invariant_reads:
-                            self._mover_clash(key)
+                self._learn(effect, (WRITE, MEMBER_WRITE), op.label())
                 return nxt  # type: ignore[no-any-return]
         world, n_log, n_accesses, n_notes = undo
         w.restore(world)
@@ -342,11 +339,21 @@ class Execution:
         finally:
             w.log, w.accesses = log, accesses
 
-    def _mover_clash(self, key: tuple[int, str]) -> None:
-        w = self.world
-        w.report("model-error", f"the invariant reads {w.name_of(key[0])}.{key[1]}, which "
-                 f"{self._mover_writes[key]} writes: running it as a left mover skips states "
-                 "the invariant must see (run with --movers off)")
+    def _learn(self, accesses: list[tuple[tuple[int, str], int]], kinds: tuple[int, int],
+               mover: str | None) -> None:
+        """Keep the cells a fused mover's effect wrote (``mover``: its label) or the
+        invariant read (None), and report where the two meet: the states the mover skips
+        differ from the visited ones in those cells, and the invariant would miss them."""
+        mine, theirs = ((self._mover_writes, self._invariant_reads) if mover is not None
+                        else (self._invariant_reads, self._mover_writes))
+        for key, kind in accesses:
+            if kind in kinds and key[0] >= 0 and key not in mine:
+                mine[key] = mover
+                if key in theirs:
+                    w = self.world
+                    w.report("model-error", f"the invariant reads {w.name_of(key[0])}.{key[1]}, "
+                             f"which {self._mover_writes[key]} writes: running it as a left mover "
+                             "skips states the invariant must see (run with --movers off)")
 
     def _end(self, t: ThreadState, tid: int) -> None:
         t.pending = None
@@ -372,7 +379,7 @@ class Execution:
         set_world(replay)
         step_end = [t.marks[0]]  # where the log of the step being rebuilt ends
 
-        def run_mover(gen: Any, op: Op) -> Op | None:
+        def replay_mover(gen: Any, op: Op) -> Op | None:
             # The mover ran with its step iff that step's log goes on (with the mark
             # _run_mover leaves, then the effect's reads).
             if replay.position >= step_end[0]:
@@ -380,12 +387,13 @@ class Execution:
             replay.get(NEXT_OID)  # the mark
             gen.send(0)
             return gen.send(0)  # type: ignore[no-any-return]
+        run_mover = replay_mover if self.movers else None
         try:
             gen = t.spec.start()
-            advance(gen, None, self.movers, None, run_mover)
+            advance(gen, None, run_mover)
             for c, end in zip(t.choices[:n], t.marks[1:], strict=False):
                 step_end[0] = end
-                advance(gen, c, self.movers, None, run_mover)
+                advance(gen, c, run_mover)
         finally:
             set_world(self.world)
         t.gen = gen  # type: ignore[assignment]
@@ -438,20 +446,17 @@ class Execution:
         """The program's invariant; with movers, what it reads is kept (``_run_mover``)."""
         w = self.world
         outer = w.accesses
-        log = outer if outer is not None or not self.movers else []
-        w.accesses = log
+        if self.movers and outer is None:  # (DPOR logs them anyway, from check_from)
+            w.accesses = []
+        start = self.check_from if outer is not None else 0
         try:
             self.program.check_state(w)
         except Exception as exc:  # a broken invariant check is a model error too
             self._model_error(exc)
         finally:
-            w.accesses = outer
-            if log is not None and self.movers:
-                for key, kind in log[self.check_from if outer is not None else 0:]:
-                    if key not in self._invariant_reads and kind in (READ, MEMBER_READ):
-                        self._invariant_reads.add(key)
-                        if key in self._mover_writes:
-                            self._mover_clash(key)
+            reads, w.accesses = w.accesses, outer
+            if self.movers and reads is not None:
+                self._learn(reads[start:], (READ, MEMBER_READ), None)
 
     # -- observing ------------------------------------------------------------------
     def finished(self) -> bool:

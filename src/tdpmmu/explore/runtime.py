@@ -67,19 +67,19 @@ class Op:
 MoverRunner = Callable[[Any, "Op"], "Op | None"]
 
 
-def advance(thread: Thread, value: int | None, movers: bool = True, fused: list[str] | None = None,
-            run_mover: MoverRunner | None = None) -> Op:
+def advance(thread: Thread, value: int | None, run_mover: MoverRunner | None = None,
+            fused: list[str] | None = None) -> Op:
     """Resume a thread and run it to its next scheduling point, through the left movers
-    on the way unless ``movers`` is off (their labels go to ``fused`` for a trace).
-    ``run_mover(thread, op)`` runs a left mover's effect and the thread's code after it,
-    to its next point, and returns that point's op; or None, having undone both, where
-    they must not run with the step before (``Execution._run_mover``): the mover is then
-    a scheduling point of its own."""
+    on the way if there is a ``run_mover`` (without one, movers are off: each is a point;
+    the labels of those run go to ``fused`` for a trace). ``run_mover(thread, op)`` runs
+    a left mover's effect and the thread's code after it, to its next point, and returns
+    that point's op; or None, having undone both, where they must not run with the step
+    before (``Execution._run_mover``): the mover is then a scheduling point of its own."""
     op = thread.send(value)  # type: ignore[arg-type]
     while True:
         if op is MOVED:  # the end of a mover's effect: no point, with movers or without
             op = thread.send(0)
-        elif movers and op.moves_left and run_mover is not None:
+        elif op.moves_left and run_mover is not None:
             nxt = run_mover(thread, op)
             if nxt is None:
                 return op

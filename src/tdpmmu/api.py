@@ -48,6 +48,7 @@ class Config:
     cache: bool = True
     symmetry: bool = True  # vCPU symmetry (with the cache; DPOR renames cached summaries)
     movers: bool = True  # run left movers (releases) with the step before them
+    memo: bool = True  # replay steps run before from the step memo (explore.memo); same results
     search: str = "dpor"  # "dpor" | "plain"; --preemptions and --random are searches of their own
     shrink: bool = True  # look for a shortest counterexample (Limits.shrink_time)
     preemptions: int | None = None  # bound the search to schedules with this many preemptions
@@ -92,7 +93,7 @@ class Config:
     def program(self) -> KvmProgram:
         self.validate()
         kernel = build_kernel(KERNELS[self.kernel], MUTANTS[self.mutant] if self.mutant else None)
-        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.nr_gfns, self.movers)
+        return KvmProgram(kernel, SCENARIOS[self.scenario], self.vcpus, self.nr_gfns, self.movers, self.memo)
 
 
 def check(config: Config, limits: Limits | None = None, progress: Progress | None = None) -> Result:

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
 
+from tdpmmu.explore.memo import MISSING, Step, StepMemo, frozen
 from tdpmmu.explore.program import Program, ThreadSpec
 from tdpmmu.explore.runtime import (
     INLINE_CODE,
+    LIVE,
     MEMBER_READ,
     MEMBER_WRITE,
     MOVED,
@@ -65,6 +67,7 @@ class ThreadState:
         "alive",
         "choices",
         "daemon",
+        "fp_at",
         "gen",
         "group",
         "log",
@@ -85,9 +88,12 @@ class ThreadState:
         self.pending: Op | None = None
         self.alive = True
         self.steps = 0  # steps taken in the current state
-        self.pos = 0  # steps the live generator has taken (> steps: it ran ahead)
+        # Steps the live generator has taken: < steps after memo hits (it catches up from
+        # the log), -1 when it is of no use (it ran ahead of a restored state).
+        self.pos = 0
         self.log: list[Any] = []  # values read, in order
         self.marks: list[int] = []  # marks[n] = len(log) after n steps
+        self.fp_at: list[int] = []  # fp_at[n] = the thread's fingerprint after n steps
         self.choices: list[int] = []  # branch sent at each step
 
 
@@ -213,6 +219,19 @@ class Execution:
         self._mover_writes: dict[tuple[int, str], str | None] = {}  # cell -> the mover's label
         self._invariant_reads: dict[tuple[int, str], str | None] = {}  # (values unused)
         self._unfused: tuple[tuple[Any, ...], ...] | None = None  # see _run_mover
+        # Steps looked up instead of run (explore.memo), unless the program says
+        # otherwise or the execution is traced (a trace shows what each step ran).
+        self.memo: StepMemo | None = StepMemo() if getattr(program, "memo", True) and not tracing else None
+        # While a step is run for the memo: the left movers fused in it, each with the
+        # memory at the mover, where its log of accesses stood, and what its effect
+        # stored; and whether one was not fused because it disabled a waiter.
+        self._fused: list[tuple[dict[Any, Any], int, tuple[tuple[Any, Any], ...]]] | None = None
+        # Per thread, generators that ran ahead of a restored state, by the fingerprint
+        # of the thread state they stand in: a rebuild to a history that passes through
+        # that state catches one up from there (a thread's state recurs in many
+        # histories), instead of re-running the thread from its start.
+        self._parked: list[dict[int, Any]] = [{} for _ in self.threads]
+        self._mover_disabled = False
         # Renamings canonical() used, each with a small id and its rename function
         self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
         # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
@@ -236,7 +255,9 @@ class Execution:
         w.tid = self.tids[tid]
         w.log = t.log
         try:
-            t.pending = self._send(t, choice)
+            # (Frozen: restored with a snapshot, or replayed from the memo, the op must
+            # still say what it said here, whatever its generator has done since.)
+            t.pending = frozen(self._send(t, choice))
             PROGRESS.steps += 1
         except (StopIteration, StepAborted):
             self._end(t, tid)
@@ -265,6 +286,7 @@ class Execution:
             if t.pos >= 0:
                 t.pos += 1
         t.marks.append(len(t.log))
+        t.fp_at.append(self.fps[tid])
 
     def _send(self, t: ThreadState, choice: int | None) -> Op:
         """Run the thread's code to its next scheduling point (a violation reported in
@@ -294,7 +316,7 @@ class Execution:
         undo = w.snapshot(), len(log), len(accesses) if accesses is not None else 0, len(notes)
         log.append(MOVED)  # marks a fused mover in the log, for a rebuild (_rebuild)
         frames = thread_frames(gen)  # the thread's state if the mover is not run now
-        waiting = self._guards_holding()
+        waiting = self._guards_holding(w.tid)
         effect: list[tuple[tuple[int, str], int]] = []
         w.accesses = effect
         try:
@@ -307,7 +329,8 @@ class Execution:
             w.report("model-error", f"{op.label()} is declared a left mover but does not yield MOVED")
         # A release only enables: a thread waiting for the lock to be *held* would lose
         # its chance to run before it.
-        disables = bool(waiting - self._guards_holding())
+        disables = bool(waiting - self._guards_holding(w.tid))
+        self._mover_disabled |= disables
         mark = len(log), w.h
         try:
             nxt = gen.send(0)
@@ -317,6 +340,11 @@ class Execution:
         else:
             if (len(log), w.h) == mark and not disables:
                 self._learn(effect, (WRITE, MEMBER_WRITE), op.label())
+                if self._fused is not None:  # (for the memo)
+                    cells = w.cells
+                    stored = tuple((key, cells[key]) for key, kind in effect
+                                   if kind in (WRITE, MEMBER_WRITE) and key in cells)
+                    self._fused.append((undo[0][0], undo[2], stored))
                 return nxt  # type: ignore[no-any-return]
         world, n_log, n_accesses, n_notes = undo
         w.restore(world)
@@ -326,11 +354,11 @@ class Execution:
         self._unfused = frames
         return None
 
-    def _guards_holding(self) -> set[int]:
-        """The other threads blocked on a guard that holds now (read unlogged: this is
-        the engine looking, not the stepping thread)."""
+    def _guards_holding(self, me: int) -> set[int]:
+        """The threads but ``me`` blocked on a guard that holds now (read unlogged: this
+        is the engine looking, not the stepping thread)."""
         w = self.world
-        log, accesses, me = w.log, w.accesses, w.tid
+        log, accesses = w.log, w.accesses
         w.log = w.accesses = None
         try:
             return {tid for tid, t in enumerate(self.threads)
@@ -371,13 +399,36 @@ class Execution:
                 details="".join(traceback.format_exception(exc)),
             )
 
+    PARKED = 32  # generators parked per thread, at most
+
+    def _park(self, tid: int) -> None:
+        """Put aside the generator of a thread that ran ahead (see ``_parked``)."""
+        t = self.threads[tid]
+        parked = self._parked[tid]
+        if len(parked) >= self.PARKED:
+            del parked[next(iter(parked))]
+        parked[t.fp_at[t.pos]] = t.gen
+        t.pos = -1
+
     def _rebuild(self, tid: int) -> None:
-        """Bring a thread's generator back to its current step from its own log."""
+        """Bring a thread's generator to its current step from its own log: from where
+        it stands if it is behind (memo hits), else from the latest state of its history
+        a parked generator stands in, else from the start."""
         t = self.threads[tid]
         n = t.steps
-        replay = ReplayWorld(t.log, self.tids[tid], self.world.thread_names)
+        behind = 0 <= t.pos <= n
+        if not behind:
+            parked = self._parked[tid]
+            for k in range(n, -1, -1):
+                gen = parked.pop(t.fp_at[k], None)
+                if gen is not None:
+                    t.gen, t.pos, behind = gen, k, True
+                    break
+        start = t.pos if behind else 0
+        offset = t.marks[start] if behind else 0
+        replay = ReplayWorld(t.log[offset:], self.tids[tid], self.world.thread_names)
         set_world(replay)
-        step_end = [t.marks[0]]  # where the log of the step being rebuilt ends
+        step_end = [t.marks[0]]  # where the log of the step being rebuilt ends (from offset)
 
         def replay_mover(gen: Any, op: Op) -> Op | None:
             # The mover ran with its step iff that step's log goes on (with the mark
@@ -389,35 +440,46 @@ class Execution:
             return gen.send(0)  # type: ignore[no-any-return]
         run_mover = replay_mover if self.movers else None
         try:
-            gen = t.spec.start()
-            advance(gen, None, run_mover)
-            for c, end in zip(t.choices[:n], t.marks[1:], strict=False):
-                step_end[0] = end
+            if behind:
+                gen = t.gen
+            else:
+                gen = t.spec.start()
+                advance(gen, None, run_mover)
+            for c, end in zip(t.choices[start:n], t.marks[start + 1:], strict=False):
+                step_end[0] = end - offset
                 advance(gen, c, run_mover)
         finally:
             set_world(self.world)
-        t.gen = gen  # type: ignore[assignment]
+        t.gen = gen
         t.pos = n
-        self.rebuilt += n
+        self.rebuilt += n - start
 
     def step(self, tr: Transition) -> Violation | None:
         """Run one scheduling step. Returns the violation it caused, if any."""
         tid, choice = tr
         t = self.threads[tid]
-        if t.pos != t.steps:
-            self._rebuild(tid)
         w = self.world
         set_world(w)
-        if w.tracing:
-            assert t.pending is not None
-            stack = model_stack(t.gen)
-            record = TraceStep(
-                self.depth, tid, t.name, stack[-1] if stack else t.name, stack,
-                t.pending.label() + (f" [branch {choice}]" if t.pending.choices > 1 else ""),
-            )
-            w.notes = record.notes
-            self.trace.append(record)
-        self._resume(tid, choice)
+        memo = self.memo
+        known = memo.lookup(tid, self.fps[tid], choice, w.cells) if memo is not None else None
+        if known is not None and (not known.movers or self._replayable(tid, known)):
+            self._replay(tid, choice, known)
+        else:
+            if t.pos != t.steps:
+                self._rebuild(tid)
+            if w.tracing:
+                assert t.pending is not None
+                stack = model_stack(t.gen)
+                record = TraceStep(
+                    self.depth, tid, t.name, stack[-1] if stack else t.name, stack,
+                    t.pending.label() + (f" [branch {choice}]" if t.pending.choices > 1 else ""),
+                )
+                w.notes = record.notes
+                self.trace.append(record)
+            if memo is None:
+                self._resume(tid, choice)
+            else:
+                self._run_and_keep(tid, choice, memo)
         self.depth += 1
         v = w.violation
         if v is None and self.max_steps and t.steps > self.max_steps:
@@ -441,6 +503,95 @@ class Execution:
                 stack = model_stack(t.gen) if t.alive else []
                 v.function = stack[-1] if stack else (self.trace[-1].function if self.trace else "")
         return v
+
+    # -- the step memo (explore.memo) -------------------------------------------------
+    def _run_and_keep(self, tid: int, choice: int, memo: StepMemo) -> None:
+        """Run a step and keep what it did in the memo, if replaying it would be exact."""
+        w, t = self.world, self.threads[tid]
+        fp, before, h, n_log = self.fps[tid], w.cells.copy(), w.h, len(t.log)
+        outer = w.accesses
+        accesses = outer if outer is not None else []
+        start = len(accesses)
+        w.accesses = accesses
+        names: list[tuple[int, object]] = []
+        w.names_log = names
+        fused: list[tuple[dict[Any, Any], int, tuple[tuple[Any, Any], ...]]] = []
+        self._fused, self._mover_disabled = fused, False
+        try:
+            self._resume(tid, choice)
+        finally:
+            w.accesses = outer
+            w.names_log = self._fused = None
+        if w.violation is not None or self._mover_disabled:
+            return
+        step_accesses = tuple(accesses[start:])
+        reads = {}  # every cell it accessed, first access first, with its value before
+        for key, _ in step_accesses:
+            if key not in reads:
+                reads[key] = before.get(key, MISSING)
+        cells = w.cells
+        writes = []
+        undo = []
+        for key, old in reads.items():
+            new = cells.get(key, MISSING)
+            if new is not MISSING and new != old:
+                writes.append((key, new))
+                undo.append((key, old))
+                if old is not MISSING:
+                    h ^= hash((key, old))
+                h ^= hash((key, new))
+        if h != w.h:
+            return  # it changed a cell it did not access: no replay could know that
+        movers = []
+        for mid, at, effect in fused:
+            if any(old is MISSING for _, old in undo):
+                return  # (an undo could not remove the cells it made)
+            touched = dict.fromkeys(key for key, _ in accesses[start:at])
+            movers.append((tuple((key, mid[key]) for key in touched
+                                 if key in mid and mid[key] != before.get(key, MISSING)), effect))
+        freed = tuple(key[0] for key, v in writes if key[1] == LIVE and v is False)
+        memo.store(tid, fp, choice, tuple(reads.items()), Step(
+            tuple(writes), freed, tuple(names), step_accesses, tuple(t.log[n_log:]), t.pending,
+            self.frames[tid], self.frame_hashes[tid], tuple(movers), tuple(undo)))
+
+    def _replayable(self, tid: int, step: Step) -> bool:
+        """Whether each left mover fused in ``step`` would be fused again here: the step
+        is replayed up to each mover, whose effect must disable no waiter, as when it
+        ran (``_run_mover``; all else it decided depends on the thread alone). If one
+        would, the memory is put back and the step must run."""
+        w = self.world
+        for before, effect in step.movers:
+            w.apply(before, ())
+            waiting = self._guards_holding(tid)
+            w.apply(effect, ())
+            if waiting - self._guards_holding(tid):
+                w.apply(step.undo, ())
+                return False
+        return True
+
+    def _replay(self, tid: int, choice: int, step: Step) -> None:
+        """Do what ``step`` did, without running the thread (its generator falls behind)."""
+        w, t = self.world, self.threads[tid]
+        w.tid = self.tids[tid]
+        w.apply(step.writes, step.freed)
+        for oid, name in step.names:
+            w.set_name(oid, name)
+        if w.accesses is not None:
+            w.accesses += step.accesses
+        t.log += step.log
+        if step.pending is None:
+            self._end(t, tid)
+        else:
+            t.pending = step.pending
+            self.frames[tid] = step.frames
+            self.frame_hashes[tid] = step.hashes
+            self.fps[tid] = hash(step.hashes)
+        PROGRESS.steps += 1
+        t.choices.append(choice)
+        t.steps += 1
+        t.marks.append(len(t.log))
+        t.fp_at.append(self.fps[tid])
+        self.memo.hits += 1  # type: ignore[union-attr]
 
     def _check_state(self) -> None:
         """The program's invariant; with movers, what it reads is kept (``_run_mover``)."""
@@ -639,11 +790,14 @@ class Execution:
         for tid, (steps, alive, pending, fp, frames, hashes) in enumerate(snap.threads):
             t = self.threads[tid]
             t.steps, t.alive, t.pending = steps, alive, pending
+            if t.pos > steps:  # ran ahead: kept for a state of the thread it is in
+                self._park(tid)
             self.fps[tid] = fp
             self.frames[tid] = frames
             self.frame_hashes[tid] = hashes
             del t.log[t.marks[steps]:]
             del t.marks[steps + 1:]
+            del t.fp_at[steps + 1:]
             del t.choices[steps:]
         self.depth = snap.depth
 

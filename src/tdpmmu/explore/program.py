@@ -42,3 +42,5 @@ class Program(Protocol):
 
     # Optional: ``movers = False`` makes every left mover (``runtime.Op``) a scheduling
     # point of its own, the unreduced system the reduction is checked against.
+    # ``memo = False`` runs every step's code (no step memo, explore.memo): the same
+    # results, slower; for checking the memo and measuring it.

@@ -147,6 +147,24 @@ NAME = "__name__"
 LIVE = "__live__"  # False once the object is freed (poisoned)
 
 
+class Numbered:
+    """The name of an object numbered among those given the same ``Numbered`` (the
+    n-th "root" is "root<n>", in allocation order): worked out when shown, so that the
+    step that names it does the same in every history (see World.set_name)."""
+
+    __slots__ = ("kind", "prefix")
+
+    def __init__(self, kind: type, prefix: str) -> None:
+        self.kind = kind
+        self.prefix = prefix
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Numbered and (other.kind, other.prefix) == (self.kind, self.prefix)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.prefix))
+
+
 class Tid(int):
     """A thread id stored in shared state (a lock owner, an RCU reader): typed, so that
     symmetry reduction can rename thread ids without mistaking counters for them."""
@@ -176,6 +194,7 @@ class World:
         "freed",
         "h",
         "log",
+        "names_log",
         "naming",
         "notes",
         "stepping",
@@ -193,6 +212,7 @@ class World:
         # no longer exist): what symmetry renames besides the members' own cells.
         self.naming: set[Key] = set()
         self.freed: set[int] = set()
+        self.names_log: list[tuple[int, object]] | None = None  # see set_name
         self.tid: int = Tid(-1)
         self.thread_names: list[str] = []
         self.violation: Violation | None = None
@@ -280,11 +300,25 @@ class World:
         oid: int = self.peek(NEXT_OID)
         self.set(NEXT_OID, oid + 1)
         self.set((oid, "__type__"), kind)
-        # A display name is not state: it is kept out of the fingerprint (``h``), so
-        # that states equal up to renaming symmetric objects fingerprint alike.
-        self.cells[(oid, NAME)] = name or f"{getattr(kind, 'C_NAME', '') or kind.__name__}{oid}"
+        self.set_name(oid, name or f"{getattr(kind, 'C_NAME', '') or kind.__name__}{oid}")
         self.set((oid, LIVE), True)
         return oid
+
+    def set_name(self, oid: int, name: object) -> None:
+        """A display name (a string, or a ``Numbered``) is not state: it is kept out of
+        the fingerprint (``h``), so that states equal up to renaming symmetric objects
+        fingerprint alike. Names set are also put in ``names_log`` when it is a list
+        (the step memo replays them)."""
+        self.cells[(oid, NAME)] = name
+        if self.names_log is not None:
+            self.names_log.append((oid, name))
+
+    def apply(self, writes: tuple[tuple[Key, Hashable], ...], freed: tuple[int, ...]) -> None:
+        """Store what a step wrote, unlogged (a step replayed from the memo)."""
+        cells = self.cells
+        for key, value in writes:
+            self._store(key, cells.get(key, _MISSING), value)
+        self.freed.update(freed)
 
     def type_of(self, oid: int) -> Any:
         return self.peek((oid, "__type__"))
@@ -292,7 +326,12 @@ class World:
     def name_of(self, oid: int) -> str:
         """An object's display name. Names are not state: reading one is not logged (no
         thread's behaviour depends on it, and a dependency on it would be spurious)."""
-        return str(self.cells.get((oid, NAME), f"#{oid}"))
+        name = self.cells.get((oid, NAME), f"#{oid}")
+        if type(name) is Numbered:
+            cells = self.cells
+            rank = sum(1 for o in range(1, oid) if cells.get((o, NAME)) == name)
+            return f"{name.prefix}{rank + 1}"
+        return str(name)
 
     def names(self) -> list[tuple[Any, str]]:
         """(type, display name) of every object allocated so far, unlogged like ``name_of``."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, ClassVar, TypeVar, overload
 
-from tdpmmu.explore.runtime import CURRENT, NAME, world
+from tdpmmu.explore.runtime import CURRENT, Numbered, world
 
 S = TypeVar("S", bound="Struct")
 T = TypeVar("T")
@@ -171,12 +171,11 @@ def set_item(obj: Struct, field: str, index: int, value: Hashable) -> None:
     setattr(obj, field, tuple(items))
 
 
-def next_name(cls: type[Struct], prefix: str) -> str:
+def next_name(cls: type[Struct], prefix: str) -> Numbered:
     """``prefix`` + the next number among objects of ``cls`` named that way: traces say
     "root2" rather than an object id. Names are not state (not fingerprinted)."""
-    n = sum(1 for kind, name in world().names() if kind is cls and name.startswith(prefix))
-    return f"{prefix}{n + 1}"
+    return Numbered(cls, prefix)
 
 
-def set_name(obj: Struct, name: str) -> None:
-    world().cells[(obj.oid, NAME)] = name
+def set_name(obj: Struct, name: str | Numbered) -> None:
+    world().set_name(obj.oid, name)

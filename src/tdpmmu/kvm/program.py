@@ -19,9 +19,10 @@ from tdpmmu.kvm.x86 import Kernel
 
 class KvmProgram:
     def __init__(self, kernel: type[Kernel], scenario: Scenario, vcpus: int,
-                 gfns: int | None = None, movers: bool = True) -> None:
+                 gfns: int | None = None, movers: bool = True, memo: bool = True) -> None:
         self.kernel = kernel()
         self.movers = movers  # see explore.program.Program
+        self.memo = memo
         self.kernel.max_gfn = gfns or scenario.gfns
         self.scenario = scenario
         self.nr_vcpus = vcpus

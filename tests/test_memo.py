@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from conftest import Box, Prog, Shared, log
 from tdpmmu.api import Config, check
 from tdpmmu.explore.execution import Execution
+from tdpmmu.explore.memo import StepMemo
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op
 from tdpmmu.explore.search.dfs import DepthFirst
@@ -147,3 +148,25 @@ def test_kvm_two_vcpus() -> None:
     results = [check(Config("memslot-delete", vcpus=2, memo=memo), limits) for memo in (True, False)]
     assert counts(results[0]) == counts(results[1])
     assert results[0].stats.replayed < results[1].stats.replayed
+
+
+def test_a_memo_shared_by_executions_still_learns_what_movers_write() -> None:
+    """A search's executions share its memo (explore.search.base): an execution that
+    replays a fused release it never ran must still learn what the release writes, or
+    an invariant reading it would go unreported (test_movers' model error)."""
+    prog = Prog(setup_locked, [holder, holder])
+    memo = StepMemo()
+    schedule = [(0, 0), (0, 0), (0, 0), (1, 0), (1, 0), (1, 0)]
+    first, second = Execution(prog, memo=memo), Execution(prog, memo=memo)
+    for tr in schedule:
+        first.step(tr)
+    for tr in schedule:
+        second.step(tr)
+    assert memo.hits == len(schedule)
+    assert second._mover_writes and second._mover_writes == first._mover_writes
+
+
+def test_random_search() -> None:
+    results = [check(Config("memslot-delete", vcpus=2, random_runs=30, seed=3, memo=memo), FAST)
+               for memo in (True, False)]
+    assert counts(results[0]) == counts(results[1])

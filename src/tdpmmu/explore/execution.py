@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
 
-from tdpmmu.explore.memo import MISSING, Step, StepMemo, frozen
+from tdpmmu.explore.memo import MISSING, Mover, Step, StepMemo, frozen
 from tdpmmu.explore.program import Program, ThreadSpec
 from tdpmmu.explore.runtime import (
     INLINE_CODE,
@@ -34,11 +34,13 @@ from tdpmmu.explore.runtime import (
     PRIMITIVE_CODE,
     READ,
     WRITE,
+    Key,
     Op,
     ReplayWorld,
     StepAborted,
     Tid,
     Violation,
+    World,
     advance,
     set_world,
 )
@@ -142,11 +144,14 @@ def _iterator(v: Any) -> object:
 # How frame slots that are not plain values are fingerprinted: a closure (a wait
 # condition) by its code and captures, an iterator by its sequence and position, a cell
 # by its contents, a generator (the next frame of the chain, fingerprinted on its own)
-# by a marker; never by identity, so a rebuilt thread fingerprints like the original.
+# by a marker, the world (a local ``w = world()``) by a marker too: it is the one the
+# thread runs in; never by identity, so a rebuilt thread fingerprints like the original,
+# and a thread state fingerprints alike in every execution of the program.
 _SPECIAL: dict[type, Any] = {
     FunctionType: _closure,
     CellType: _cell,
     GeneratorType: lambda v: GeneratorType,
+    World: lambda v: World,
     **{type(it): _iterator for it in (iter(()), iter([]), iter(range(0)), iter(""))},
 }
 
@@ -189,7 +194,10 @@ def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: i
 class Execution:
     """A program being run under the engine's control."""
 
-    def __init__(self, program: Program, *, tracing: bool = False, max_steps: int = 0) -> None:
+    def __init__(self, program: Program, *, tracing: bool = False, max_steps: int = 0,
+                 memo: StepMemo | None = None) -> None:
+        """``memo``: a step memo to share with the search's other executions of the
+        program (by default each has its own, unless the program turns it off)."""
         self.program = program
         # Left movers run with the step before them (runtime.Op), unless the program
         # says otherwise (to compare with the unreduced system).
@@ -221,11 +229,11 @@ class Execution:
         self._unfused: tuple[tuple[Any, ...], ...] | None = None  # see _run_mover
         # Steps looked up instead of run (explore.memo), unless the program says
         # otherwise or the execution is traced (a trace shows what each step ran).
-        self.memo: StepMemo | None = StepMemo() if getattr(program, "memo", True) and not tracing else None
+        self.memo = None if tracing or not getattr(program, "memo", True) else memo or StepMemo()
         # While a step is run for the memo: the left movers fused in it, each with the
         # memory at the mover, where its log of accesses stood, and what its effect
         # stored; and whether one was not fused because it disabled a waiter.
-        self._fused: list[tuple[dict[Any, Any], int, tuple[tuple[Any, Any], ...]]] | None = None
+        self._fused: list[tuple[dict[Key, Any], int, Mover]] | None = None
         # Per thread, generators that ran ahead of a restored state, by the fingerprint
         # of the thread state they stand in: a rebuild to a history that passes through
         # that state catches one up from there (a thread's state recurs in many
@@ -342,9 +350,9 @@ class Execution:
                 self._learn(effect, (WRITE, MEMBER_WRITE), op.label())
                 if self._fused is not None:  # (for the memo)
                     cells = w.cells
-                    stored = tuple((key, cells[key]) for key, kind in effect
-                                   if kind in (WRITE, MEMBER_WRITE) and key in cells)
-                    self._fused.append((undo[0][0], undo[2], stored))
+                    wrote = tuple((key, kind) for key, kind in effect if kind in (WRITE, MEMBER_WRITE))
+                    self._fused.append((undo[0][0], undo[2], Mover(
+                        (), tuple((key, cells[key]) for key, _ in wrote if key in cells), wrote, op.label())))
                 return nxt  # type: ignore[no-any-return]
         world, n_log, n_accesses, n_notes = undo
         w.restore(world)
@@ -367,7 +375,7 @@ class Execution:
         finally:
             w.log, w.accesses = log, accesses
 
-    def _learn(self, accesses: list[tuple[tuple[int, str], int]], kinds: tuple[int, int],
+    def _learn(self, accesses: Sequence[tuple[tuple[int, str], int]], kinds: tuple[int, int],
                mover: str | None) -> None:
         """Keep the cells a fused mover's effect wrote (``mover``: its label) or the
         invariant read (None), and report where the two meet: the states the mover skips
@@ -515,7 +523,7 @@ class Execution:
         w.accesses = accesses
         names: list[tuple[int, object]] = []
         w.names_log = names
-        fused: list[tuple[dict[Any, Any], int, tuple[tuple[Any, Any], ...]]] = []
+        fused: list[tuple[dict[Key, Any], int, Mover]] = []
         self._fused, self._mover_disabled = fused, False
         try:
             self._resume(tid, choice)
@@ -543,12 +551,13 @@ class Execution:
         if h != w.h:
             return  # it changed a cell it did not access: no replay could know that
         movers = []
-        for mid, at, effect in fused:
+        for mid, at, mover in fused:
             if any(old is MISSING for _, old in undo):
                 return  # (an undo could not remove the cells it made)
             touched = dict.fromkeys(key for key, _ in accesses[start:at])
-            movers.append((tuple((key, mid[key]) for key in touched
-                                 if key in mid and mid[key] != before.get(key, MISSING)), effect))
+            mover.before = tuple((key, mid[key]) for key in touched
+                                 if key in mid and mid[key] != before.get(key, MISSING))
+            movers.append(mover)
         freed = tuple(key[0] for key, v in writes if key[1] == LIVE and v is False)
         memo.store(tid, fp, choice, tuple(reads.items()), Step(
             tuple(writes), freed, tuple(names), step_accesses, tuple(t.log[n_log:]), t.pending,
@@ -560,13 +569,15 @@ class Execution:
         ran (``_run_mover``; all else it decided depends on the thread alone). If one
         would, the memory is put back and the step must run."""
         w = self.world
-        for before, effect in step.movers:
-            w.apply(before, ())
+        for mover in step.movers:
+            w.apply(mover.before, ())
             waiting = self._guards_holding(tid)
-            w.apply(effect, ())
+            w.apply(mover.effect, ())
             if waiting - self._guards_holding(tid):
                 w.apply(step.undo, ())
                 return False
+        for mover in step.movers:  # (the memo may have it from another execution)
+            self._learn(mover.wrote, (WRITE, MEMBER_WRITE), mover.label)
         return True
 
     def _replay(self, tid: int, choice: int, step: Step) -> None:

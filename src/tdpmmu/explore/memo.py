@@ -36,6 +36,19 @@ MISSING = object()  # the value of a cell that does not exist
 Writes = tuple[tuple[Key, Any], ...]
 
 
+class Mover:
+    """A left mover fused into a kept step (``Execution._run_mover``)."""
+
+    __slots__ = ("before", "effect", "label", "wrote")
+
+    def __init__(self, before: Writes, effect: Writes, wrote: tuple[tuple[Key, int], ...],
+                 label: str) -> None:
+        self.before = before  # what the step had stored when the mover ran
+        self.effect = effect  # what the mover's effect stored
+        self.wrote = wrote  # its effect's write accesses (for Execution._learn)
+        self.label = label
+
+
 class Step:
     """What one step did, for replaying it (see the module doc)."""
 
@@ -45,7 +58,7 @@ class Step:
     def __init__(self, writes: Writes, freed: tuple[int, ...], names: tuple[tuple[int, object], ...],
                  accesses: tuple[tuple[Key, int], ...], log: tuple[Any, ...], pending: Op | None,
                  frames: tuple[tuple[Any, ...], ...], hashes: tuple[int, ...],
-                 movers: tuple[tuple[Writes, Writes], ...], undo: Writes) -> None:
+                 movers: tuple[Mover, ...], undo: Writes) -> None:
         self.writes = writes  # (cell, new value) for every cell it changed
         self.freed = freed  # objects it freed
         self.names = names  # display names it set (World.set_name): not cells, not state
@@ -54,9 +67,9 @@ class Step:
         self.pending = pending  # the thread's next scheduling point (None: it ended)
         self.frames = frames
         self.hashes = hashes
-        # Per left mover fused in the step: what the step had stored before it, and what
-        # its effect stored. A replay checks that the effect disables no waiter, as when
-        # the step ran (Execution._replayable), else puts back the old values (undo).
+        # The left movers fused in the step. A replay checks that each effect disables
+        # no waiter, as when the step ran (Execution._replayable), else puts back the
+        # old values (undo).
         self.movers = movers
         self.undo = undo
 

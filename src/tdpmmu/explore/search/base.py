@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from tdpmmu.explore.execution import Execution, Schedule
+from tdpmmu.explore.memo import StepMemo
 from tdpmmu.explore.program import Program
 from tdpmmu.explore.result import Limits, Result, Stats
 from tdpmmu.explore.runtime import Violation
@@ -33,6 +34,7 @@ class Search:
         self.completed = False  # explore() ran to its end: no limit or interrupt stopped it
         self.final_states: set[int] = set()  # fingerprints of finished executions
         self.final_canonical: set[int] = set()  # the same, up to symmetry
+        self.memo = StepMemo()  # shared by the search's executions (explore.memo)
 
     # -- hooks for strategies ---------------------------------------------------------
     def explore(self) -> tuple[Violation, Schedule] | None:
@@ -87,7 +89,7 @@ class Search:
         )
 
     def new_execution(self) -> Execution:
-        return Execution(self.program, max_steps=self.limits.max_steps)
+        return Execution(self.program, max_steps=self.limits.max_steps, memo=self.memo)
 
     # -- driver -----------------------------------------------------------------------
     def run(self) -> Result:

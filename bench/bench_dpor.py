@@ -6,7 +6,8 @@ For every vCPU count and search mode: verdict, executions, states, seconds, and 
 reduction factor in executions against plain search without symmetry and without left
 movers (every interleaving of the unreduced system, every release a step). A mode
 ending in ``+movers`` runs each release with the step before it where that is sound
-(docs/design.md, "Left movers"); ``dpor+sym+movers`` is what ``tdpmmu check`` runs.
+(docs/design.md, "Left movers"); ``dpor+sym+movers`` is what ``tdpmmu check`` runs,
+``plain+sym+movers`` what ``tdpmmu check --search plain`` runs.
 A run stopped by ``--time-limit`` is reported as ``incomplete`` with what it covered; a
 factor against an incomplete plain run is a lower bound (">"), and one of an incomplete
 DPOR run is not computed ("?").
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from tdpmmu.api import Config
@@ -26,16 +26,17 @@ from tdpmmu.explore.result import Limits
 from tdpmmu.explore.search.base import Search
 from tdpmmu.explore.search.dfs import DepthFirst
 from tdpmmu.explore.search.dpor import Dpor
-from tdpmmu.kvm.program import KvmProgram
 
-MODES: dict[str, Callable[[KvmProgram, Limits], Search]] = {
-    "plain": lambda p, lim: DepthFirst(p, lim, cache=True),
-    "plain+sym": lambda p, lim: DepthFirst(p, lim, cache=True, symmetry=True),
-    "dpor": lambda p, lim: Dpor(p, lim, cache=True),
-    "dpor+sym": lambda p, lim: Dpor(p, lim, cache=True, symmetry=True),
-    "dpor-stateless": lambda p, lim: Dpor(p, lim, cache=False),
-    "plain+movers": lambda p, lim: DepthFirst(p, lim, cache=True),
-    "dpor+sym+movers": lambda p, lim: Dpor(p, lim, cache=True, symmetry=True),  # tdpmmu check's default
+# mode -> search and its options; a name ending in "+movers" also turns left movers on
+MODES: dict[str, tuple[type[Search], dict[str, bool]]] = {
+    "plain": (DepthFirst, {}),
+    "plain+sym": (DepthFirst, {"symmetry": True}),
+    "dpor": (Dpor, {}),
+    "dpor+sym": (Dpor, {"symmetry": True}),
+    "dpor-stateless": (Dpor, {"cache": False}),
+    "plain+movers": (DepthFirst, {}),
+    "plain+sym+movers": (DepthFirst, {"symmetry": True}),  # tdpmmu check --search plain
+    "dpor+sym+movers": (Dpor, {"symmetry": True}),  # tdpmmu check's default
 }
 
 
@@ -52,7 +53,9 @@ class Row:
 
 def run(scenario: str, kernel: str, vcpus: int, mode: str, budget: float) -> Row:
     program = Config(scenario, kernel, None, vcpus, movers=mode.endswith("+movers")).program()
-    search = MODES[mode](program, Limits(time_limit=budget, shrink_time=0))
+    search_class, options = MODES[mode]
+    search = search_class(program, Limits(time_limit=budget, shrink_time=0), None,
+                          **{"cache": True, **options})  # type: ignore[call-arg]
     start = time.perf_counter()
     result = search.run()
     seconds = time.perf_counter() - start

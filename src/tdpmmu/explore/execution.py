@@ -252,6 +252,7 @@ class Execution:
         self._member_cells: dict[int, list[tuple[int, str]]] = {}
         self._own_memo: dict[tuple[int, tuple[Any, ...]], int] = {}  # _member_orders' hashes
         self._delta_memo: dict[tuple[int, int, tuple[Any, ...]], int] = {}  # member_delta's
+        self._canonical_memo: dict[int, tuple[int, Renaming | None]] = {}  # see canonical
         set_world(world)
         for tid in range(len(self.threads)):  # run each thread to its first point
             self._resume(tid, None)
@@ -650,13 +651,27 @@ class Execution:
         order (see ``symmetry``); equal to ``fingerprint()`` when nothing moves."""
         return self.canonical()[0]
 
+    CANONICAL_MEMO = 2_000_000  # states whose canonical form is remembered, at most
+
     def canonical(self) -> tuple[int, Renaming | None]:
         """``canonical_fingerprint()`` and the renaming that takes this state to the
-        canonical one: thread ids and object ids, old to new (None when nothing moves)."""
+        canonical one: thread ids and object ids, old to new (None when nothing moves).
+        Remembered by the state's own fingerprint: a search reaches most states again
+        (every cache hit), and working it out is most of a plain search's time."""
+        fp = self.fingerprint()
+        memo = self._canonical_memo
+        known = memo.get(fp)
+        if known is None:
+            if len(memo) >= self.CANONICAL_MEMO:
+                memo.clear()
+            known = memo[fp] = self._canonical(fp)
+        return known
+
+    def _canonical(self, fp: int) -> tuple[int, Renaming | None]:
         symmetry = getattr(self.program, "symmetry", None)
         groups = symmetry(self.world) if symmetry is not None else None
         if not groups:
-            return self.fingerprint(), None
+            return fp, None
         w = self.world
         set_world(w)
         anons = [self._anonymiser(group) for group in groups]

@@ -164,7 +164,7 @@ def main() -> None:
 
     print(f"{version}; gcc -O2 -DSAFETY; pan -w{args.hashbits}"
           f"{' -DCOLLAPSE' if args.collapse else ''}; tdpmmu "
-          f"{'--search ' + args.search if args.search else '(default search: DPOR + cache)'}"
+          f"{'--search ' + args.search if args.search else '(--search auto: plain to 2 vCPUs, else DPOR)'}"
           f"{' --no-symmetry' if args.no_symmetry else ''}"
           f"{'; mutant ' + MUTANT if args.mutant else ''}")
     head = ["N", "spin verdict", "spin states", "spin s", "states NOREDUCE", "s NOREDUCE",

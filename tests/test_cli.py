@@ -134,8 +134,10 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "search", "symmetry"), [
-    ([], "dpor", True),
-    (["--symmetry", "off"], "dpor", False),
+    ([], "plain", True),  # auto: plain up to 2 vCPUs
+    (["--vcpus", "3"], "dpor", True),  # auto: dpor from 3
+    (["--search", "dpor"], "dpor", True),
+    (["--search", "dpor", "--symmetry", "off"], "dpor", False),
     (["--random", "3"], "random", False),
     (["--search", "plain"], "plain", True),
     (["--search", "plain", "--symmetry", "off"], "plain", False),
@@ -144,7 +146,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     (["--preemptions", "0"], "preemption-bounded", True),
 ])
 def test_json_says_which_search_ran(args: list[str], search: str, symmetry: bool) -> None:
-    r = run("check", "vcpu-load", "--vcpus", "1", "--json", *args)
+    r = run("check", "vcpu-load", "--vcpus", "1", "--json", *args)  # (a later --vcpus wins)
     out = json.loads(r.stdout)
     assert (out["search"], out["symmetry"]) == (search, symmetry)
 

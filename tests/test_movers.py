@@ -249,7 +249,7 @@ def test_kvm_mutants_caught_either_way(mutant: str) -> None:
     m = MUTANTS[mutant]
     vcpus = 2 if mutant in NEEDS_TWO_VCPUS else 1
     for movers in (True, False):
-        config = Config(m.scenario, m.caught_kernels[0], mutant, vcpus, movers=movers)
+        config = Config(m.scenario, m.caught_kernels[0], mutant, vcpus, movers=movers, search="dpor")
         result = check(config, FAST)
         assert result.verdict == "violation" and result.violation is not None
         assert result.violation.kind in m.expect, result.violation

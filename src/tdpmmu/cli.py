@@ -177,8 +177,9 @@ def check(
         float, typer.Option(min=0.0, help="Seconds to look for a shorter counterexample (0: keep the first).")
     ] = 10.0,
     search: Annotated[
-        str, typer.Option(help="Exhaustive search: dpor (partial-order reduction) or plain.")
-    ] = "dpor",
+        str, typer.Option(help="Exhaustive search: dpor (partial-order reduction), plain, or auto "
+                          "(whichever is faster for the vCPU count: plain up to 2, dpor from 3).")
+    ] = "auto",
     symmetry: Annotated[
         str, typer.Option("--symmetry", metavar="[on|off]",
                           help="Explore states equal up to swapping vCPUs once (with the cache; "

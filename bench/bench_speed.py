@@ -34,10 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS: dict[str, tuple[dict[str, object], int]] = {
     "memslot-delete 1v dpor": ({"scenario": "memslot-delete", "vcpus": 1, "search": "dpor"}, 0),
     "memslot-delete 2v dpor": ({"scenario": "memslot-delete", "vcpus": 2, "search": "dpor"}, 15000),
-    "fault-vs-zap 2v 1gfn dpor": ({"scenario": "fault-vs-zap", "vcpus": 2, "gfns": 1, "search": "dpor"}, 10000),
+    "fault-vs-zap 2v 1gfn dpor": (
+        {"scenario": "fault-vs-zap", "vcpus": 2, "gfns": 1, "search": "dpor"}, 10000),
     "vcpu-load 3v plain": ({"scenario": "vcpu-load", "vcpus": 3, "search": "plain"}, 3000),
     "memslot-delete 2v plain": ({"scenario": "memslot-delete", "vcpus": 2, "search": "plain"}, 10000),
-    "memslot-delete-roots 3v dpor": ({"scenario": "memslot-delete-roots", "vcpus": 3, "search": "dpor"}, 20000),
+    "memslot-delete-roots 3v dpor": (
+        {"scenario": "memslot-delete-roots", "vcpus": 3, "search": "dpor"}, 20000),
 }
 
 RUNNER = """

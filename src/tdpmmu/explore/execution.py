@@ -540,17 +540,19 @@ class Execution:
                 reads[key] = before.get(key, MISSING)
         cells = w.cells
         writes = []
-        undo = []
         for key, old in reads.items():
             new = cells.get(key, MISSING)
             if new is not MISSING and new != old:
                 writes.append((key, new))
-                undo.append((key, old))
                 if old is not MISSING:
                     h ^= hash((key, old))
                 h ^= hash((key, new))
         if h != w.h:
             return  # it changed a cell it did not access: no replay could know that
+        # What _replayable puts back: every cell the step stored to, even one it stored
+        # back to its old value later (a mover's check replays the stores before it).
+        written = dict.fromkeys(key for key, kind in step_accesses if kind in (WRITE, MEMBER_WRITE))
+        undo = tuple((key, reads[key]) for key in written if key in cells or key in before)
         movers = []
         for mid, at, mover in fused:
             if any(old is MISSING for _, old in undo):
@@ -562,7 +564,7 @@ class Execution:
         freed = tuple(key[0] for key, v in writes if key[1] == LIVE and v is False)
         memo.store(tid, fp, choice, tuple(reads.items()), Step(
             tuple(writes), freed, tuple(names), step_accesses, tuple(t.log[n_log:]), t.pending,
-            self.frames[tid], self.frame_hashes[tid], tuple(movers), tuple(undo)))
+            self.frames[tid], self.frame_hashes[tid], tuple(movers), undo))
 
     def _replayable(self, tid: int, step: Step) -> bool:
         """Whether each left mover fused in ``step`` would be fused again here: the step

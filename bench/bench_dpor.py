@@ -80,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# {args.scenario} on {args.kernel}, --time-limit {args.time_limit:g}s per run; "
           f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
-    header = f"{'vcpus':>5} {'mode':<15} {'verdict':<10} {'executions':>11} {'states':>9} " \
+    header = f"{'vcpus':>5} {'mode':<16} {'verdict':<10} {'executions':>11} {'states':>9} " \
              f"{'seconds':>8} {'finals':>6} {'exec. reduction vs plain':>24}"
     print(header)
     for vcpus in args.vcpus:
@@ -89,7 +89,7 @@ def main() -> None:
             rows.append(run(args.scenario, args.kernel, vcpus, mode, args.time_limit))
             base = next((r for r in rows if r.mode == "plain"), None)
             r = rows[-1]
-            print(f"{r.vcpus:>5} {r.mode:<15} {r.verdict:<10} {r.executions:>11} {r.states:>9} "
+            print(f"{r.vcpus:>5} {r.mode:<16} {r.verdict:<10} {r.executions:>11} {r.states:>9} "
                   f"{r.seconds:>8.1f} {r.finals:>6} {factor(r, base):>24}", flush=True)
 
 

@@ -27,8 +27,9 @@ class BadInput(ValueError):
 # reduction, or plain depth-first search; "auto" picks the one measured faster for the
 # number of vCPUs. With the step memo a step costs little, and at up to two vCPUs DPOR
 # visits about as many states as plain search, whose bookkeeping is much lighter: plain
-# search is 1.5-3x faster on every scenario there; from three vCPUs DPOR's fewer states
-# win (bench/results/plain-vs-dpor-20261202.txt, docs/design.md "The step memo").
+# search is as fast or faster on every scenario there (1.8-3.7x where DPOR takes over a
+# second); from three vCPUs DPOR's fewer states count (bench/results/plain-vs-dpor-
+# 20261202.txt, docs/design.md "The step memo").
 SEARCHES = {"auto": "plain up to 2 vCPUs, dpor from 3", "dpor": "partial-order reduction (DPOR, sleep sets)",
             "plain": "depth-first, every interleaving"}
 PLAIN_UP_TO_VCPUS = 2

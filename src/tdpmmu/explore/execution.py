@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
 
-from tdpmmu.explore.memo import MISSING, Mover, Step, StepMemo, frozen
+from tdpmmu.explore.memo import MISSING, Mover, Step, StepMemo, Writes, frozen
 from tdpmmu.explore.program import Program, ThreadSpec
 from tdpmmu.explore.runtime import (
     INLINE_CODE,
@@ -232,14 +232,15 @@ class Execution:
         self.memo = None if tracing or not getattr(program, "memo", True) else memo or StepMemo()
         # While a step is run for the memo: the left movers fused in it, each with the
         # memory at the mover, where its log of accesses stood, and what its effect
-        # stored; and whether one was not fused because it disabled a waiter.
-        self._fused: list[tuple[dict[Key, Any], int, Mover]] | None = None
+        # stored (as Mover.effect, wrote, label); and whether one was not fused because
+        # it disabled a waiter.
+        self._fused: list[tuple[dict[Key, Any], int, Writes, tuple[tuple[Key, int], ...], str]] | None = None
+        self._mover_disabled = False
         # Per thread, generators that ran ahead of a restored state, by the fingerprint
         # of the thread state they stand in: a rebuild to a history that passes through
         # that state catches one up from there (a thread's state recurs in many
         # histories), instead of re-running the thread from its start.
         self._parked: list[dict[int, Any]] = [{} for _ in self.threads]
-        self._mover_disabled = False
         # Renamings canonical() used, each with a small id and its rename function
         self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
         # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
@@ -289,11 +290,16 @@ class Execution:
                 w.report("model-error", f"thread {t.name} holds an unhashable local: {exc}")
         finally:
             w.log = None
+        if choice is not None and t.pos >= 0:
+            t.pos += 1
+        self._took(t, tid, choice)
+
+    def _took(self, t: ThreadState, tid: int, choice: int | None) -> None:
+        """Keep the thread's history: the branch it took (None: its run to its first
+        point), and where its log and its fingerprint stand after it."""
         if choice is not None:
             t.choices.append(choice)
             t.steps += 1
-            if t.pos >= 0:
-                t.pos += 1
         t.marks.append(len(t.log))
         t.fp_at.append(self.fps[tid])
 
@@ -352,8 +358,8 @@ class Execution:
                 if self._fused is not None:  # (for the memo)
                     cells = w.cells
                     wrote = tuple((key, kind) for key, kind in effect if kind in (WRITE, MEMBER_WRITE))
-                    self._fused.append((undo[0][0], undo[2], Mover(
-                        (), tuple((key, cells[key]) for key, _ in wrote if key in cells), wrote, op.label())))
+                    stored = tuple((key, cells[key]) for key, _ in wrote if key in cells)
+                    self._fused.append((undo[0][0], undo[2], stored, wrote, op.label()))
                 return nxt  # type: ignore[no-any-return]
         world, n_log, n_accesses, n_notes = undo
         w.restore(world)
@@ -524,7 +530,7 @@ class Execution:
         w.accesses = accesses
         names: list[tuple[int, object]] = []
         w.names_log = names
-        fused: list[tuple[dict[Key, Any], int, Mover]] = []
+        fused: list[tuple[dict[Key, Any], int, Writes, tuple[tuple[Key, int], ...], str]] = []
         self._fused, self._mover_disabled = fused, False
         try:
             self._resume(tid, choice)
@@ -549,22 +555,24 @@ class Execution:
                 h ^= hash((key, new))
         if h != w.h:
             return  # it changed a cell it did not access: no replay could know that
-        # What _replayable puts back: every cell the step stored to, even one it stored
-        # back to its old value later (a mover's check replays the stores before it).
-        written = dict.fromkeys(key for key, kind in step_accesses if kind in (WRITE, MEMBER_WRITE))
-        undo = tuple((key, reads[key]) for key in written if key in cells or key in before)
+        undo: Writes = ()
         movers = []
-        for mid, at, mover in fused:
+        if fused:
+            # What _replayable puts back: every cell the step stored to, even one stored
+            # back to its old value later (its check replays the stores before a mover).
+            written = dict.fromkeys(key for key, kind in step_accesses if kind in (WRITE, MEMBER_WRITE))
+            undo = tuple((key, reads[key]) for key in written if key in cells or key in before)
             if any(old is MISSING for _, old in undo):
                 return  # (an undo could not remove the cells it made)
-            touched = dict.fromkeys(key for key, _ in accesses[start:at])
-            mover.before = tuple((key, mid[key]) for key in touched
-                                 if key in mid and mid[key] != before.get(key, MISSING))
-            movers.append(mover)
+            for mid, at, effect, wrote, label in fused:
+                touched = dict.fromkeys(key for key, _ in accesses[start:at])
+                movers.append(Mover(tuple((key, mid[key]) for key in touched
+                                          if key in mid and mid[key] != before.get(key, MISSING)),
+                                    effect, wrote, label))
         freed = tuple(key[0] for key, v in writes if key[1] == LIVE and v is False)
         memo.store(tid, fp, choice, tuple(reads.items()), Step(
             tuple(writes), freed, tuple(names), step_accesses, tuple(t.log[n_log:]), t.pending,
-            self.frames[tid], self.frame_hashes[tid], tuple(movers), undo))
+            self.frames[tid], self.frame_hashes[tid], self.fps[tid], tuple(movers), undo))
 
     def _replayable(self, tid: int, step: Step) -> bool:
         """Whether each left mover fused in ``step`` would be fused again here: the step
@@ -599,12 +607,9 @@ class Execution:
             t.pending = step.pending
             self.frames[tid] = step.frames
             self.frame_hashes[tid] = step.hashes
-            self.fps[tid] = hash(step.hashes)
+            self.fps[tid] = step.fp
         PROGRESS.steps += 1
-        t.choices.append(choice)
-        t.steps += 1
-        t.marks.append(len(t.log))
-        t.fp_at.append(self.fps[tid])
+        self._took(t, tid, choice)
         self.memo.hits += 1  # type: ignore[union-attr]
 
     def _check_state(self) -> None:

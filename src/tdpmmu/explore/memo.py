@@ -52,12 +52,12 @@ class Mover:
 class Step:
     """What one step did, for replaying it (see the module doc)."""
 
-    __slots__ = ("accesses", "frames", "freed", "hashes", "log", "movers", "names", "pending", "undo",
-                 "writes")
+    __slots__ = ("accesses", "fp", "frames", "freed", "hashes", "log", "movers", "names", "pending",
+                 "undo", "writes")
 
     def __init__(self, writes: Writes, freed: tuple[int, ...], names: tuple[tuple[int, object], ...],
                  accesses: tuple[tuple[Key, int], ...], log: tuple[Any, ...], pending: Op | None,
-                 frames: tuple[tuple[Any, ...], ...], hashes: tuple[int, ...],
+                 frames: tuple[tuple[Any, ...], ...], hashes: tuple[int, ...], fp: int,
                  movers: tuple[Mover, ...], undo: Writes) -> None:
         self.writes = writes  # (cell, new value) for every cell it changed
         self.freed = freed  # objects it freed
@@ -67,9 +67,10 @@ class Step:
         self.pending = pending  # the thread's next scheduling point (None: it ended)
         self.frames = frames
         self.hashes = hashes
+        self.fp = fp  # the thread's fingerprint after it
         # The left movers fused in the step. A replay checks that each effect disables
         # no waiter, as when the step ran (Execution._replayable), else puts back the
-        # old values (undo).
+        # old value of every cell the step stored to (undo; empty without movers).
         self.movers = movers
         self.undo = undo
 

@@ -333,12 +333,6 @@ class World:
             return f"{name.prefix}{rank + 1}"
         return str(name)
 
-    def names(self) -> list[tuple[Any, str]]:
-        """(type, display name) of every object allocated so far, unlogged like ``name_of``."""
-        cells = self.cells
-        count: int = cells[NEXT_OID]  # type: ignore[assignment]
-        return [(cells.get((oid, "__type__")), self.name_of(oid)) for oid in range(1, count)]
-
     def oids(self) -> range:
         return range(1, self.peek(NEXT_OID))
 
@@ -427,9 +421,6 @@ class ReplayWorld(World):
 
     def name_of(self, oid: int) -> str:
         return f"#{oid}"  # nothing a rebuilt thread says is shown
-
-    def names(self) -> list[tuple[Any, str]]:
-        return []
 
 
 def _model_stack() -> list[str]:

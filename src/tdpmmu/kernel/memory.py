@@ -172,8 +172,9 @@ def set_item(obj: Struct, field: str, index: int, value: Hashable) -> None:
 
 
 def next_name(cls: type[Struct], prefix: str) -> Numbered:
-    """``prefix`` + the next number among objects of ``cls`` named that way: traces say
-    "root2" rather than an object id. Names are not state (not fingerprinted)."""
+    """``prefix`` + the object's number among those of ``cls`` named so, in allocation
+    order: traces say "root2" rather than an object id. Worked out when shown (names are
+    not state, and a step that names an object names it alike in every history)."""
     return Numbered(cls, prefix)
 
 

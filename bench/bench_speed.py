@@ -38,6 +38,8 @@ CONFIGS: dict[str, tuple[dict[str, object], int]] = {
         {"scenario": "fault-vs-zap", "vcpus": 2, "gfns": 1, "search": "dpor"}, 10000),
     "vcpu-load 3v plain": ({"scenario": "vcpu-load", "vcpus": 3, "search": "plain"}, 3000),
     "memslot-delete 2v plain": ({"scenario": "memslot-delete", "vcpus": 2, "search": "plain"}, 10000),
+    # the README's command, to its verdict
+    "memslot-delete 2v (default)": ({"scenario": "memslot-delete", "vcpus": 2}, 0),
     "memslot-delete-roots 3v dpor": (
         {"scenario": "memslot-delete-roots", "vcpus": 3, "search": "dpor"}, 20000),
 }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import itertools
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
@@ -241,17 +241,22 @@ class Execution:
         # that state catches one up from there (a thread's state recurs in many
         # histories), instead of re-running the thread from its start.
         self._parked: list[dict[int, Any]] = [{} for _ in self.threads]
-        # Renamings canonical() used, each with a small id and its rename function
-        self._renamings: dict[object, tuple[int, Rename, Renaming | None]] = {}
-        # Renamed frame hashes by (renaming id, the frame's own hash): the frames of a
-        # thread that did not step are the same, and few distinct frames occur at all.
-        # (Keyed by hash, like the state cache: frames equal by value rename alike.)
-        self._frame_memo: dict[tuple[int, int], int] = {}
+        # Renamings canonical() used, by the groups and the order their members are put
+        # in: each with a small id, its rename function and maps (None: the identity).
+        # The maps are the same object for the same renaming (DPOR relies on it).
+        self._renamings: dict[object, tuple[int, Rename, Renaming] | None] = {}
+        self._rename_ids = itertools.count()
+        # Renamed thread fingerprints by (renaming id, the thread's own fingerprint):
+        # few distinct thread states occur. (Keyed by hash, like the state cache.)
+        self._thread_memo: dict[tuple[int, int], int] = {}
         # canonical's anonymising renaming of each group (its id and function), and the
         # cells of every group's members' own objects
         self._groups: dict[tuple[tuple[int, int], ...], tuple[int, Rename]] = {}
         self._member_cells: dict[int, list[tuple[int, str]]] = {}
-        self._own_memo: dict[tuple[int, tuple[Any, ...]], int] = {}  # _member_orders' hashes
+        # What depends on the world alone, by (renaming id, World.h): a member's own
+        # cells anonymised and hashed, the renamed world's hash
+        self._own_memo: dict[tuple[int, int, int], int] = {}
+        self._world_memo: dict[tuple[int, int], int] = {}
         self._delta_memo: dict[tuple[int, int, tuple[Any, ...]], int] = {}  # member_delta's
         self._canonical_memo: dict[int, tuple[int, Renaming | None]] = {}  # see canonical
         set_world(world)
@@ -679,30 +684,40 @@ class Execution:
         groups = symmetry(self.world) if symmetry is not None else None
         if not groups:
             return fp, None
-        w = self.world
-        set_world(w)
-        anons = [self._anonymiser(group) for group in groups]
-        # Every member's own cells' values, read once here for the sort keys and for
-        # every candidate's renamed world hash.
-        cells = w.cells
-        values = {o: tuple([cells[k] for k in keys]) for o, keys in self._member_cells.items()}
+        set_world(self.world)
+        groups = tuple(map(tuple, groups))
         # Per group, the assignments of members to its slots that order them by what
         # they are (`_member_orders`); the least fingerprint over every combination is
         # the canonical one, so that a state and any permutation of it agree.
         best: tuple[int, Renaming | None] | None = None
-        orders = [self._member_orders(group, anon, values) for group, anon in zip(groups, anons, strict=True)]
+        orders = [self._member_orders(group, self._anonymiser(group)) for group in groups]
         for combination in itertools.product(*orders):
-            tid_map: dict[int, Tid] = {}
-            oid_map: dict[int, int] = {}
-            for group, order in zip(groups, combination, strict=True):
-                for (slot_t, slot_o), (t, o) in zip(group, order, strict=True):
-                    tid_map[t] = self.tids[slot_t]
-                    oid_map[o] = slot_o
-            candidate = self._renamed_fingerprint(tid_map, oid_map, values)
+            renaming = self._renaming_to(groups, combination)
+            candidate = (fp, None) if renaming is None else self._renamed_fingerprint(*renaming)
             if best is None or candidate[0] < best[0]:
                 best = candidate
         assert best is not None
         return best
+
+    def _renaming_to(self, groups: tuple[tuple[tuple[int, int], ...], ...],
+                     orders: tuple[tuple[tuple[int, int], ...], ...]) -> tuple[int, Rename, Renaming] | None:
+        """The renaming that puts each group's members in ``orders`` in its slots (its
+        id, rename function and maps), None if that is the identity; made once."""
+        key = groups, orders
+        known = self._renamings.get(key)
+        if known is None:
+            tid_map: dict[int, Tid] = {}
+            oid_map: dict[int, int] = {}
+            for group, order in zip(groups, orders, strict=True):
+                for (slot_t, slot_o), (t, o) in zip(group, order, strict=True):
+                    tid_map[t] = self.tids[slot_t]
+                    oid_map[o] = slot_o
+            if all(tid_map[t] == t for t in tid_map):
+                known = self._renamings[key] = None
+            else:
+                known = self._renamings[key] = (next(self._rename_ids), make_rename(tid_map, oid_map),
+                                                (tid_map, oid_map))
+        return known
 
     def _anonymiser(self, group: Sequence[tuple[int, int]]) -> tuple[int, Rename]:
         """The renaming of every member of ``group`` to one placeholder (its id and
@@ -714,84 +729,77 @@ class Execution:
         if known is None:
             for _, o in group:
                 self._member_cells[o] = [k for k in self.world.cells if k[0] == o and k[1] != NAME]
-            anon_id, anon, _ = self._renaming(("anon", *group), lambda: make_rename(
+            known = self._groups[key] = (next(self._rename_ids), make_rename(
                 {t: Tid(-1) for t, _ in group}, {o: 0 for _, o in group}))
-            known = self._groups[key] = (anon_id, anon)
         return known
 
-    def _member_orders(self, group: Sequence[tuple[int, int]], anon: tuple[int, Rename],
-                       values: dict[int, tuple[Any, ...]]) -> list[list[tuple[int, int]]]:
+    def _member_orders(self, group: Sequence[tuple[int, int]],
+                       anon: tuple[int, Rename]) -> list[tuple[tuple[int, int], ...]]:
         """The members of ``group`` sorted by what they are, not who they are (every
-        member renamed to one placeholder by ``anon``, then its thread and own cells'
-        ``values`` hashed); where members tie, each order of them (a tie breaks no
-        symmetry, so any of them may be the canonical one). (Any key that does not
-        depend on names would do: ties are broken by trying each order, so the key only
-        decides how many orders are tried.)"""
+        member renamed to one placeholder by ``anon``, then its thread and its own
+        cells hashed); where members tie, each order of them (a tie breaks no symmetry,
+        so any of them may be the canonical one). (Any key that does not depend on
+        names would do: ties are broken by trying each order, so the key only decides
+        how many orders are tried.)"""
         anon_id, rename = anon
         memo = self._own_memo
+        wh = self.world.h
         keyed = []
         for t, o in group:
-            # A member's own cells, anonymised and hashed, remembered by their values
-            # (most steps change no vCPU's own cells).
-            key = anon_id, values[o]
+            # A member's own cells, anonymised and hashed: a function of the world, so
+            # remembered by its hash (many states share a world).
+            key = anon_id, o, wh
             h = memo.get(key)
             if h is None:
-                h = memo[key] = hash(tuple(map(rename, values[o])))
-            keyed.append(((self._frames_hash(t, anon_id, rename), h), t, o))
+                cells = self.world.cells
+                h = memo[key] = hash(tuple([rename(cells[k]) for k in self._member_cells[o]]))
+            keyed.append(((self._thread_hash(t, anon_id, rename), h), t, o))
         keyed.sort()
+        if all(keyed[i][0] != keyed[i + 1][0] for i in range(len(keyed) - 1)):
+            return [tuple([(t, o) for _, t, o in keyed])]  # (no ties: one order)
         runs = [[(t, o) for _, t, o in run] for _, run in itertools.groupby(keyed, key=lambda k: k[0])]
-        return [[m for perm in perms for m in perm]
+        return [tuple([m for perm in perms for m in perm])
                 for perms in itertools.product(*(itertools.permutations(run) for run in runs))]
 
-    def _renamed_fingerprint(self, tid_map: dict[int, Tid], oid_map: dict[int, int],
-                             values: dict[int, tuple[Any, ...]]) -> tuple[int, Renaming | None]:
-        if all(tid_map[t] == t for t in tid_map):
-            return self.fingerprint(), None
-        key = tuple(tid_map.items()), tuple(oid_map.items())
-        rename_id, rename, renaming = self._renaming(key, lambda: make_rename(tid_map, oid_map),
-                                                     (tid_map, oid_map))
+    def _renamed_fingerprint(self, rename_id: int, rename: Rename,
+                             renaming: Renaming) -> tuple[int, Renaming]:
+        tid_map, oid_map = renaming
         fps = list(self.fps)
         for tid, t in enumerate(self.threads):
-            fps[tid_map.get(tid, tid)] = self._frames_hash(tid, rename_id, rename) if t.alive else DONE_FP
-        return hash((self._renamed_world_hash(oid_map, rename_id, rename, values), *fps)), renaming
+            fps[tid_map.get(tid, tid)] = self._thread_hash(tid, rename_id, rename) if t.alive else DONE_FP
+        return hash((self._renamed_world_hash(oid_map, rename_id, rename), *fps)), renaming
 
-    def _renamed_world_hash(self, oid_map: dict[int, int], rename_id: int, rename: Rename,
-                            values: dict[int, tuple[Any, ...]]) -> int:
+    def _renamed_world_hash(self, oid_map: dict[int, int], rename_id: int, rename: Rename) -> int:
         """``World.h`` of the renamed world, from ``World.h`` (names are not state): the
-        members' own cells (holding ``values``) move, their change remembered by their
-        values (most steps change no vCPU's cells), and cells elsewhere that name a
-        member are renamed."""
+        members' own cells move, and cells elsewhere that name a member are renamed.
+        A function of the world, so remembered by its hash (many states share one)."""
         w = self.world
-        memo = self._delta_memo
-        h = w.h ^ naming_delta(w, oid_map, rename)
-        for o, keys in self._member_cells.items():
-            key = rename_id, o, values[o]
-            d = memo.get(key)
-            if d is None:
-                d = memo[key] = member_delta(keys, values[o], oid_map, rename)
-            h ^= d
+        memo = self._world_memo
+        key = rename_id, w.h
+        h = memo.get(key)
+        if h is None:
+            if len(memo) >= self.CANONICAL_MEMO:
+                memo.clear()
+            h = w.h ^ naming_delta(w, oid_map, rename)
+            cells = w.cells
+            deltas = self._delta_memo  # (by the member's values: few vCPU steps change them)
+            for o, keys in self._member_cells.items():
+                values = tuple([cells[k] for k in keys])
+                d = deltas.get((rename_id, o, values))
+                if d is None:
+                    d = deltas[(rename_id, o, values)] = member_delta(keys, values, oid_map, rename)
+                h ^= d
+            memo[key] = h
         return h
 
-    def _renaming(self, key: object, make: Callable[[], Rename],
-                  renaming: Renaming | None = None) -> tuple[int, Rename, Renaming | None]:
-        """The id, rename function and maps of the renaming ``key`` names (made once:
-        the maps that ``canonical`` returns are the same object for the same renaming)."""
-        known = self._renamings.get(key)
-        if known is None:
-            known = self._renamings[key] = (len(self._renamings), make(), renaming)
-        return known
-
-    def _frames_hash(self, tid: int, rename_id: int, rename: Rename) -> int:
-        """A thread's fingerprint with every frame renamed (``frame_hash``), each frame's
-        remembered (``_frame_memo``): most threads did not step, and most frames recur."""
-        memo = self._frame_memo
-        out = []
-        for frame, h in zip(self.frames[tid], self.frame_hashes[tid], strict=True):
-            renamed = memo.get((rename_id, h))
-            if renamed is None:
-                renamed = memo[(rename_id, h)] = frame_hash(frame, rename)
-            out.append(renamed)
-        return hash(tuple(out))
+    def _thread_hash(self, tid: int, rename_id: int, rename: Rename) -> int:
+        """A thread's fingerprint with every frame renamed (``frame_hash``), remembered
+        by its own fingerprint: few distinct thread states occur at all."""
+        key = rename_id, self.fps[tid]
+        h = self._thread_memo.get(key)
+        if h is None:
+            h = self._thread_memo[key] = hash(tuple([frame_hash(f, rename) for f in self.frames[tid]]))
+        return h
 
     def deadlock(self) -> Violation:
         blocked = [f"{t.name} waits in {t.pending.label()}" for t in self.threads

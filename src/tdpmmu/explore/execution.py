@@ -257,6 +257,7 @@ class Execution:
         # cells anonymised and hashed, the renamed world's hash
         self._own_memo: dict[tuple[int, int, int], int] = {}
         self._world_memo: dict[tuple[int, int], int] = {}
+        self._values_memo: dict[tuple[int, tuple[Any, ...]], int] = {}  # own cells' hashes
         self._delta_memo: dict[tuple[int, int, tuple[Any, ...]], int] = {}  # member_delta's
         self._canonical_memo: dict[int, tuple[int, Renaming | None]] = {}  # see canonical
         set_world(world)
@@ -750,9 +751,15 @@ class Execution:
             # remembered by its hash (many states share a world).
             key = anon_id, o, wh
             h = memo.get(key)
-            if h is None:
+            if h is None:  # (and by its values: few vCPU steps change them)
+                if len(memo) >= self.CANONICAL_MEMO:
+                    memo.clear()
                 cells = self.world.cells
-                h = memo[key] = hash(tuple([rename(cells[k]) for k in self._member_cells[o]]))
+                values = anon_id, tuple([cells[k] for k in self._member_cells[o]])
+                h = self._values_memo.get(values)
+                if h is None:
+                    h = self._values_memo[values] = hash(tuple(map(rename, values[1])))
+                memo[key] = h
             keyed.append(((self._thread_hash(t, anon_id, rename), h), t, o))
         keyed.sort()
         if all(keyed[i][0] != keyed[i + 1][0] for i in range(len(keyed) - 1)):

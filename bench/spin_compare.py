@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--vcpus", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--time-limit", type=float, default=600.0, help="tdpmmu --time-limit (s)")
     ap.add_argument("--mutant", action="store_true", help=f"both sides with {MUTANT}")
-    ap.add_argument("--search", choices=("dpor", "plain"), help="tdpmmu --search (default: its own, DPOR)")
+    ap.add_argument("--search", choices=("dpor", "plain"), help="tdpmmu --search (default: its own, auto)")
     ap.add_argument("--no-symmetry", action="store_true", help="tdpmmu without vCPU symmetry")
     ap.add_argument("--depth", type=int, default=100000, help="initial pan -m")
     ap.add_argument("--hashbits", type=int, default=24, help="pan -w")

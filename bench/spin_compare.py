@@ -3,6 +3,7 @@
     python bench/spin_compare.py --vcpus 1 2
     python bench/spin_compare.py --vcpus 1 2 --mutant      # both must find the bug
     python bench/spin_compare.py --vcpus 3 --time-limit 300
+    python bench/spin_compare.py --vcpus 1 2 --equivalence  # same states, same transitions?
 
 For each vCPU count, in this one process and one after the other (so the timings share
 the machine's load): generates bench/promela/memslot_delete.pml's model into a temp dir
@@ -12,6 +13,11 @@ runs `python -m tdpmmu check memslot-delete --vcpus n --json` from this checkout
 (PYTHONPATH=src, whatever `tdpmmu` is installed). Prints one table; ratios are
 tdpmmu's time-to-verdict over SPIN's (POR build), with and without SPIN's compile time
 (spin -a + gcc). Nothing is written into the repository.
+
+``--equivalence`` checks instead that the two models are one transition system: both
+unreduced (`spin -o1 -a`, pan -DNOREDUCE; tdpmmu --search plain --no-symmetry --movers
+off), they must store as many states and take as many transitions (pan counts the
+initial state among its "stored+matched"); exits 1 if not.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -94,11 +101,13 @@ def run_spin(
     spin: str, work: Path, pml: Path, n: int, mutant: bool, args: argparse.Namespace
 ) -> dict[str, object]:
     defs = [f"-DN={n}"] + (["-DMUTANT_ZAP_UNSCHEDULED"] if mutant else [])
-    p, spin_a = timed([spin, "-a", *defs, pml.name], work)
+    # -o1: no dead-variable reset, which tdpmmu does not do (for --equivalence)
+    p, spin_a = timed([spin, *(["-o1"] if args.equivalence else []), "-a", *defs, pml.name], work)
     if p.returncode:
         raise RuntimeError(p.stdout + p.stderr)
     res: dict[str, object] = {"spin_a_seconds": spin_a}
-    for reduce in (True, False) if args.builds == "both" else (True,):
+    builds = (False,) if args.equivalence else (True, False) if args.builds == "both" else (True,)
+    for reduce in builds:
         r = run_pan(work, n, mutant, reduce, args.hashbits, args.collapse, args.depth)
         res["por" if reduce else "noreduce"] = r
     return res
@@ -109,6 +118,8 @@ def run_tdpmmu(n: int, mutant: bool, args: argparse.Namespace) -> dict[str, obje
            "--time-limit", str(args.time_limit), "--shrink-time", "0"]
     if mutant:
         cmd += ["--mutant", MUTANT]
+    if args.equivalence:
+        cmd += ["--search", "plain", "--no-symmetry", "--movers", "off"]
     if args.search:
         cmd += ["--search", args.search]
     if args.no_symmetry:
@@ -125,6 +136,26 @@ def run_tdpmmu(n: int, mutant: bool, args: argparse.Namespace) -> dict[str, obje
     return {"verdict": out["verdict"], "states": out.get("states"), "transitions": out.get("transitions"),
             "seconds": wall, "search_seconds": out.get("seconds"),
             "violation": v.get("kind") if isinstance(v, dict) else v}
+
+
+def print_equivalence(version: str, rows: list[dict[str, Any]]) -> int:
+    """The --equivalence table; 1 if any count differs."""
+    print(f"{version}; spin -o1 -a; gcc -O2 -DSAFETY -DNOREDUCE; tdpmmu --search plain "
+          "--no-symmetry --movers off")
+    print("| N | pan states | pan transitions | tdpmmu states | tdpmmu transitions | pan s | tdpmmu s "
+          "| equal |\n|---|---|---|---|---|---|---|---|")
+    differ = 0
+    for r in rows:
+        pan, t = r["spin"]["noreduce"], r["tdpmmu"]
+        # pan's "transitions (= stored+matched)" counts the initial state as stored
+        pan_transitions = pan["transitions"] - 1 if pan["transitions"] is not None else None
+        equal = (pan["states"], pan_transitions) == (t["states"], t["transitions"]) \
+            and pan["verdict"] == t["verdict"] == "pass"
+        differ |= not equal
+        print(f"| {r['vcpus']} | {fmt(pan['states'])} | {fmt(pan_transitions)} | {fmt(t['states'])} "
+              f"| {fmt(t['transitions'])} | {pan['seconds']:.2f} | {t['seconds']:.2f} "
+              f"| {'yes' if equal else 'NO'} |")
+    return int(differ)
 
 
 def fmt(x: object, spec: str = "") -> str:
@@ -146,6 +177,8 @@ def main() -> None:
     ap.add_argument("--builds", choices=("both", "por"), default="both",
                     help="pan builds: POR and -DNOREDUCE (default), or POR only (large N)")
     ap.add_argument("--json", action="store_true", help="also print the raw results as JSON")
+    ap.add_argument("--equivalence", action="store_true",
+                    help="both unreduced: same states and transitions? (exit 1 if not)")
     args = ap.parse_args()
 
     spin = ensure_spin()
@@ -161,6 +194,9 @@ def main() -> None:
             print(f"N={n}: tdpmmu ...", file=sys.stderr, flush=True)
             t = run_tdpmmu(n, args.mutant, args)
             rows.append({"vcpus": n, "spin": s, "tdpmmu": t})
+
+    if args.equivalence:
+        sys.exit(print_equivalence(version, rows))
 
     print(f"{version}; gcc -O2 -DSAFETY; pan -w{args.hashbits}"
           f"{' -DCOLLAPSE' if args.collapse else ''}; tdpmmu "

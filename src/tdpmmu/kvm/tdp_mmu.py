@@ -273,20 +273,30 @@ class TdpMmu:
         """The tail of kvm_tdp_mmu_alloc_root() after a fast-path miss (patch 7,
         dab285e4ec73): recheck and insert atomically under tdp_mmu_pages_lock."""
         yield from spin_lock(kvm.arch.tdp_mmu_pages_lock)
+        root = yield from self.tdp_mmu_recheck_roots(kvm, role)
+        if root is None:
+            root = yield from self.tdp_mmu_new_root(vcpu, role)
+            yield from list_add_rcu(root.link, kvm.arch.tdp_mmu_roots)
+        yield from spin_unlock(kvm.arch.tdp_mmu_pages_lock)
+        return root
+
+    @inline
+    def tdp_mmu_recheck_roots(
+        self, kvm: Kvm, role: kvm_mmu_page_role
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        """The list_for_each_entry() recheck of that tail, under tdp_mmu_pages_lock: a
+        referenced root for ``role``, or None. In a function of its own so that the
+        walk's variables end with it: the kernel's loop leaves only ``root`` behind, and
+        a cursor left in the caller's frame would tell apart states that differ in
+        nothing else (how a vCPU came by its root: found, or allocated after passing an
+        invalid one), 17,454 states of 893,498 at 2 vCPUs."""
         # Walk by hand: the standard iterators assume the pages lock is not held.
-        found = None
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
             root = pos.container()
-            if root.role.word == role.word:
-                if not WARN_ON_ONCE(not (yield from self.kvm_tdp_mmu_get_root(root)),
-                                    "!kvm_tdp_mmu_get_root(root)"):
-                    found = root
-                    break
-        if found is None:
-            found = yield from self.tdp_mmu_new_root(vcpu, role)
-            yield from list_add_rcu(found.link, kvm.arch.tdp_mmu_roots)
-        yield from spin_unlock(kvm.arch.tdp_mmu_pages_lock)
-        return found
+            if root.role.word == role.word and not WARN_ON_ONCE(
+                    not (yield from self.kvm_tdp_mmu_get_root(root)), "!kvm_tdp_mmu_get_root(root)"):
+                return root
+        return None
 
     @inline
     def tdp_mmu_new_root(

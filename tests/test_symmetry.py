@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tdpmmu.api import Config
+from tdpmmu.api import Config, check
 from tdpmmu.explore.execution import Execution
 from tdpmmu.explore.result import Limits
 from tdpmmu.explore.runtime import NAME, Tid
@@ -85,3 +85,20 @@ def test_renamed_world_hash_is_the_hash_of_the_renamed_cells() -> None:
                 assert ex._renamed_world_hash(oid_map, rename_id, rename) == full
             renamed_states += 1
     assert renamed_states > 100
+
+
+def test_too_many_tied_vcpus_leave_the_state_as_it_is() -> None:
+    """Eight vCPUs at their start tie 8! ways: trying every order would take minutes
+    per state, so such a state is not reduced (its own fingerprint); four tie 4! ways,
+    all tried, and a state and its permutations still agree."""
+    eight = Execution(Config("vcpu-load", vcpus=8).program())
+    assert eight.canonical() == (eight.fingerprint(), None)
+    r = check(Config("vcpu-load", vcpus=8), Limits(max_states=300))
+    assert r.verdict == "incomplete" and r.stats.states == 300
+    four = Execution(Config("vcpu-load", vcpus=4).program())
+    first = four.enabled()[0]
+    assert four.step(first) is None
+    fp = four.canonical()[0]
+    other = Execution(Config("vcpu-load", vcpus=4).program())
+    assert other.step((first[0] + 1, first[1])) is None  # the next vCPU, the same step
+    assert other.canonical()[0] == fp

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import CellType, FrameType, FunctionType, GeneratorType
 from typing import Any
@@ -45,7 +46,7 @@ from tdpmmu.explore.runtime import (
     set_world,
 )
 from tdpmmu.explore.symmetry import Rename, Renaming, frame_hash, make_rename, member_delta, naming_delta
-from tdpmmu.explore.watchdog import PROGRESS
+from tdpmmu.explore.watchdog import MODEL_ENTRIES, PROGRESS
 
 Transition = tuple[int, int]  # (thread id, branch index)
 Schedule = list[Transition]
@@ -384,7 +385,7 @@ class Execution:
         try:
             return {tid for tid, t in enumerate(self.threads)
                     if tid != me and t.pending is not None and t.pending.guard is not None
-                    and t.pending.guard()}
+                    and self.guard_holds(t.pending.guard)}
         finally:
             w.log, w.accesses = log, accesses
 
@@ -649,12 +650,21 @@ class Execution:
             if op is None:
                 continue
             g = op.guard
-            if g is None or g():
+            if g is None or self.guard_holds(g):
                 if op.choices == 1:
                     out.append((tid, 0))
                 else:
                     out.extend((tid, c) for c in range(op.choices))
-        return out
+        return [] if self.world.violation is not None else out  # (a guard's error ends it)
+
+    def guard_holds(self, guard: Callable[[], bool]) -> bool:
+        """Evaluate a thread's guard (model code): an exception in it is a model error,
+        which ends the execution (``enabled`` then offers nothing)."""
+        try:
+            return guard()
+        except Exception as exc:
+            self._model_error(exc)
+            return False
 
     def fingerprint(self) -> int:
         return hash((self.world.h, *self.fps))
@@ -665,6 +675,7 @@ class Execution:
         return self.canonical()[0]
 
     CANONICAL_MEMO = 2_000_000  # states whose canonical form is remembered, at most
+    MAX_ORDERS = 24  # orders of tied members tried for one canonical form, at most (4!)
 
     def canonical(self) -> tuple[int, Renaming | None]:
         """``canonical_fingerprint()`` and the renaming that takes this state to the
@@ -692,6 +703,10 @@ class Execution:
         # the canonical one, so that a state and any permutation of it agree.
         best: tuple[int, Renaming | None] | None = None
         orders = [self._member_orders(group, self._anonymiser(group)) for group in groups]
+        if math.prod(map(len, orders)) > self.MAX_ORDERS or not all(orders):
+            # Too many ties to try every order (5 or more vCPUs alike, as at the start):
+            # this state is not reduced. Sound: it only keeps apart permuted states.
+            return fp, None
         for combination in itertools.product(*orders):
             renaming = self._renaming_to(groups, combination)
             candidate = (fp, None) if renaming is None else self._renamed_fingerprint(*renaming)
@@ -765,6 +780,8 @@ class Execution:
         if all(keyed[i][0] != keyed[i + 1][0] for i in range(len(keyed) - 1)):
             return [tuple([(t, o) for _, t, o in keyed])]  # (no ties: one order)
         runs = [[(t, o) for _, t, o in run] for _, run in itertools.groupby(keyed, key=lambda k: k[0])]
+        if math.prod(math.factorial(len(run)) for run in runs) > self.MAX_ORDERS:
+            return []  # (too many to try: the state is left as it is, see _canonical)
         return [tuple([m for perm in perms for m in perm])
                 for perms in itertools.product(*(itertools.permutations(run) for run in runs))]
 
@@ -877,3 +894,9 @@ def replay_checked(
     if not ex.enabled():
         return ex, (ex.deadlock() if not ex.finished() else ex.finish())
     return ex, None
+
+
+# Where the engine runs model code: a thread's steps (and their rebuilds), the program's
+# build, guards, invariant and final check (the watchdog's domain).
+MODEL_ENTRIES.update(f.__code__ for f in (
+    advance, Execution.__init__, Execution.guard_holds, Execution._check_state, Execution.finish))

@@ -283,9 +283,11 @@ class Dpor(Search):
                 acc: list[tuple[Key, int]] = []
                 w.accesses = acc
                 try:
-                    ok = g()
+                    ok = ex.guard_holds(g)
                 finally:
                     w.accesses = None
+                if w.violation is not None:  # (its model error ends the execution)
+                    return {}, guards, heads
                 guards[tid] = self._bits(acc)[0]
                 first = next((a for a in acc if a[0][1] != LIVE), None)
                 heads[tid] = self._bits([first])[0] if first is not None else 0

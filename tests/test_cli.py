@@ -216,6 +216,21 @@ def test_replay_without_violation_exits_0() -> None:
     assert [s["thread"] for s in out["trace"]] == ["vcpu0", "vcpu0", "vcpu1"]
 
 
+@pytest.mark.parametrize(("schedule", "says"), [
+    ("9", "step 1 (9:0) cannot run first: there is no thread 9 (threads: 0=vcpu0, 1=vcpu1, 2=destroy"),
+    ("1*500", "cannot run after the 25 before it: thread 1 (vcpu1) has finished"),
+    ("0:5", "vcpu0's next step, kvm_request_pending(vcpu0), has 1 branch(es), not 6"),
+    ("0*99999999999", "the schedule has more than 1000000 steps"),
+    ("0,,0", "part 2 of the schedule is '', not TID"),
+    ("0:-1", "part 1 of the schedule is '0:-1'"),
+])
+def test_a_schedule_that_cannot_run_is_one_line_saying_why(schedule: str, says: str) -> None:
+    r = run("replay", "vcpu-load", "--mutant", "no-recheck", "--schedule", schedule)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1
+    assert says in r.output
+
+
 # -- list -----------------------------------------------------------------------------
 
 

@@ -212,7 +212,9 @@ def check(
 def replay(
     scenario: Scenario,
     schedule: Annotated[
-        str, typer.Option("--schedule", "-s", help="Steps as thread ids, e.g. 0,0,1,2:1 (TID:BRANCH).",
+        str, typer.Option("--schedule", "-s",
+                          help="Steps as thread ids, e.g. 0*2,1,2:1 (TID, TID:BRANCH, TID*COUNT), "
+                               "as check prints them.",
                           show_default=False)
     ],
     kernel: Kernel = None,

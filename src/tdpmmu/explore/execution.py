@@ -666,6 +666,21 @@ class Execution:
             self._model_error(exc)
             return False
 
+    def why_not(self, tid: int, choice: int) -> str:
+        """Why thread ``tid`` cannot take branch ``choice`` now (for a user's schedule)."""
+        names = ", ".join(f"{i}={t.name}" for i, t in enumerate(self.threads))
+        if not 0 <= tid < len(self.threads):
+            return f"there is no thread {tid} (threads: {names})"
+        t = self.threads[tid]
+        op = t.pending
+        if not t.alive or op is None:
+            return f"thread {tid} ({t.name}) has finished"
+        if choice >= op.choices:
+            return f"{t.name}'s next step, {op.label()}, has {op.choices} branch(es), not {choice + 1}"
+        if self.finished():
+            return "every thread but the daemons has finished: the execution is over"
+        return f"{t.name} is blocked in {op.label()}"
+
     def fingerprint(self) -> int:
         return hash((self.world.h, *self.fps))
 
@@ -887,7 +902,8 @@ def replay_checked(
     ex = Execution(program, tracing=True, max_steps=max_steps)
     for i, tr in enumerate(schedule):
         if tr not in ex.enabled():
-            raise ValueError(f"step {i + 1} ({tr[0]}:{tr[1]}) is not enabled there")
+            when = f"after the {i} before it" if i else "first"
+            raise ValueError(f"step {i + 1} ({tr[0]}:{tr[1]}) cannot run {when}: {ex.why_not(*tr)}")
         v = ex.step(tr)
         if v is not None:
             return ex, v

@@ -25,18 +25,24 @@ def encode(schedule: Schedule) -> str:
     return ",".join(parts)
 
 
+MAX_STEPS = 1_000_000  # a longer schedule is a typo, not an execution
+
+
 def decode(text: str) -> Schedule:
     out: Schedule = []
-    for i, part in enumerate(p for p in text.replace(" ", "").split(",") if p):
+    parts = text.replace(" ", "").split(",")
+    for i, part in enumerate(parts if text.strip() else []):
         step, _, times = part.partition("*")
         tid, _, choice = step.partition(":")
         try:
             n = int(times) if times else 1
-            if n < 1 or int(tid) < 0:
+            if n < 1 or int(tid) < 0 or (choice and int(choice) < 0):
                 raise ValueError
-            out.extend([(int(tid), int(choice) if choice else 0)] * n)
         except ValueError:
             raise BadSchedule(
                 f"part {i + 1} of the schedule is {part!r}, not TID, TID:BRANCH or TID*COUNT"
             ) from None
+        if len(out) + n > MAX_STEPS:
+            raise BadSchedule(f"the schedule has more than {MAX_STEPS} steps (part {i + 1}: {part!r})")
+        out.extend([(int(tid), int(choice) if choice else 0)] * n)
     return out

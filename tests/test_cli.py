@@ -16,7 +16,7 @@ from tdpmmu import report
 from tdpmmu.api import Config
 from tdpmmu.cli import app
 from tdpmmu.explore.execution import TraceStep
-from tdpmmu.explore.result import Stats
+from tdpmmu.explore.result import Limits, Stats
 from tdpmmu.explore.runtime import Violation
 from tdpmmu.explore.schedule import decode
 
@@ -312,7 +312,9 @@ def test_python_dash_m() -> None:
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("tdpmmu: error: No such option: --bogus")
 
 
-def test_ctrl_c_is_incomplete() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_is_incomplete(sig: signal.Signals) -> None:
+    """Ctrl-C, or `timeout`'s SIGTERM, stops the search and keeps what it covered."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tdpmmu", "check", "memslot-delete", "--json", "--progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -320,11 +322,26 @@ def test_ctrl_c_is_incomplete() -> None:
     )
     assert proc.stderr is not None
     assert "states/s" in proc.stderr.readline()  # the search is running
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     result = json.loads(out)
     assert result["verdict"] == "incomplete" and result["reason"] == "interrupted" and result["states"] > 0
+
+
+def test_an_interrupted_corpus_keeps_the_rows_it_finished() -> None:
+    from tdpmmu.kvm.corpus import CORPUS, CorpusInterrupted, run_corpus
+
+    rows = [r for r in CORPUS if r.id in ("B05", "M8")]
+    asked: list[int] = []
+
+    def stop() -> bool:  # as if Ctrl-C came during the second row
+        asked.append(1)
+        return len(asked) == 2
+
+    with pytest.raises(CorpusInterrupted) as stopped:
+        run_corpus(1, Limits(time_limit=30), rows=rows, stop=stop)
+    assert [r.row.id for r in stopped.value.done] == ["B05"] and stopped.value.done[0].caught
 
 
 def test_corpus_command_runs_the_rows_asked_for() -> None:

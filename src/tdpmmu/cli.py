@@ -7,6 +7,7 @@ Exit codes: 0 no violation, 1 violation, 2 bad input (one line on stderr), 3 inc
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Annotated, Any, NoReturn
 
@@ -260,7 +261,7 @@ def corpus(
 ) -> None:
     """Run the historical-bug corpus: every mutant must be caught, and every unmutated
     kernel must pass its scenario; exit 1 otherwise."""
-    from tdpmmu.kvm.corpus import CORPUS, CorpusResult, corpus_ok, format_table, run_corpus
+    from tdpmmu.kvm.corpus import CORPUS, CorpusInterrupted, CorpusResult, corpus_ok, format_table, run_corpus
 
     rows = CORPUS
     if only is not None:
@@ -275,10 +276,15 @@ def corpus(
         if sys.stderr.isatty():
             typer.echo(f"  {r.row.id} {r.row.name} done", err=True)
 
-    results = run_corpus(vcpus, Limits(time_limit=time_limit), rows=rows, progress=done)
+    interrupted = False
+    try:
+        results = run_corpus(vcpus, Limits(time_limit=time_limit), rows=rows, progress=done,
+                             stop=lambda: bool(_SIGNALLED))
+    except CorpusInterrupted as stop:  # the rows done so far, and exit 3
+        results, interrupted = stop.done, True
     ok = corpus_ok(results)
     if as_json:
-        _emit({"ok": ok, "vcpus": vcpus, "rows": [
+        _emit({"ok": ok, "vcpus": vcpus, "interrupted": interrupted, "rows": [
             {"id": r.row.id, "mutant": r.row.name, "kernel": r.row.kernel, "scenario": r.row.scenario,
              "expressible": r.expressible, "why_not": r.row.why_not, "caught": r.caught,
              "found": r.mutant.kind if r.mutant else None,
@@ -288,8 +294,23 @@ def corpus(
              "false_positive": r.false_positive} for r in results]})
     else:
         _emit(format_table(results))
-    raise typer.Exit(0 if ok else 1)
+        if interrupted:
+            _emit(f"interrupted: {len(results)} of {len(rows)} rows run")
+    raise typer.Exit(EXIT_INCOMPLETE if interrupted else 0 if ok else 1)
+
+
+# The signals that stopped this run (SIGINT: Ctrl-C; SIGTERM: `timeout`, a batch system).
+# Both interrupt the search the way Ctrl-C does, which keeps what it found.
+_SIGNALLED: list[int] = []
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
 
 
 def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # (a background job ignores SIGINT)
+            signal.signal(sig, _interrupt)
     app(prog_name=PROG)

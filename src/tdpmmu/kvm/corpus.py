@@ -836,13 +836,16 @@ def run_corpus(
     rows: Sequence[CorpusRow] | None = None,
     progress: Callable[[CorpusResult], None] | None = None,
     baseline_limits: Limits | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[CorpusResult]:
     """Check every expressible row's mutant (first counterexample) and the row's
     unmutated kernel on the same scenario (must not report a violation). Rows run with
     ``max(vcpus, row.min_vcpus)`` vCPUs; ``limits`` apply to each search separately,
     ``baseline_limits`` (default: ``limits``) to the unmutated ones, which are searched
     once per (kernel, scenario, vcpus). ``rows`` defaults to ``CORPUS``; ``progress`` is
-    called with each row's result as soon as it is done."""
+    called with each row's result as soon as it is done. ``stop`` is asked after each
+    row's searches: once it says so (the user interrupted them), ``CorpusInterrupted``
+    carries the rows done before that one."""
     limits = limits or DEFAULT_LIMITS
     baseline_limits = baseline_limits or limits
     baseline: dict[tuple[str, str, int], Check] = {}
@@ -857,10 +860,20 @@ def run_corpus(
             if key not in baseline:
                 baseline[key] = Check.of(_search(row, n, baseline_limits, mutated=False))
             res.unmutated = baseline[key]
+        if stop is not None and stop():
+            raise CorpusInterrupted(out)
         out.append(res)
         if progress is not None:
             progress(res)
     return out
+
+
+class CorpusInterrupted(Exception):
+    """``run_corpus`` stopped early; ``done`` holds the rows it finished."""
+
+    def __init__(self, done: list[CorpusResult]) -> None:
+        super().__init__(f"interrupted after {len(done)} rows")
+        self.done = done
 
 
 def corpus_ok(results: Sequence[CorpusResult]) -> bool:

@@ -67,6 +67,17 @@ def test_violation_json() -> None:
     assert step["function"] == step["stack"][-1]
 
 
+def test_a_mutant_that_is_not_caught_says_so_and_where_it_would_be() -> None:
+    r = run("check", "vcpu-load", "--mutant", "zap-unscheduled-roots")
+    assert r.exit_code == 0 and r.stdout.startswith("PASS ")
+    assert ("mutant zap-unscheduled-roots: not caught here (it expects KVM_BUG_ON); the scenario that "
+            "exposes it: tdpmmu check memslot-delete --mutant zap-unscheduled-roots") in r.stdout
+    r = run("check", "memslot-delete", "--mutant", "zap-unscheduled-roots", "--max-states", "5")
+    assert r.exit_code == 3 and "mutant zap-unscheduled-roots: not caught so far" in r.stdout
+    r = run("check", "stress", "--vcpus", "1", "--mutant", "put-before-zap", "--max-states", "0")
+    assert r.exit_code == 0 and "mutant put-before-zap: harmless on v6.9, as claimed" in r.stdout
+
+
 def test_json_without_mutant_has_null_mutant() -> None:
     out = json.loads(run("check", "vcpu-load", "--vcpus", "1", "--json").stdout)
     assert out["verdict"] == "pass" and out["mutant"] is None and out["violation"] is None

@@ -171,16 +171,31 @@ def _mutant_lines(config: Config, violation: Violation) -> list[str]:
     return [f"mutant {config.mutant}: {hit} ({' or '.join(expected)})"]
 
 
+def _mutant_missed(config: Config, verdict: str) -> list[str]:
+    """What a run of a mutant that found nothing means: no bug here, or not yet."""
+    if not config.mutant:
+        return []
+    m = MUTANTS[config.mutant]
+    if m.harmless and config.kernel == m.kernel:
+        return [f"mutant {m.name}: harmless on {m.kernel}, as claimed"] if verdict == "pass" else []
+    found = "not caught here" if verdict == "pass" else "not caught so far"
+    where = "" if config.scenario == m.scenario else \
+        f"; the scenario that exposes it: tdpmmu check {m.scenario} --mutant {m.name}"
+    return [f"mutant {m.name}: {found} (it expects {' or '.join(sorted(m.expect))}){where}"]
+
+
 def render_result(config: Config, result: Result) -> str:
     """``tdpmmu check``'s text output."""
     stats = result.stats
     if result.verdict == "pass":
-        return f"PASS {_run(config)}: no violation in {_counts(stats)}"
+        return "\n".join([f"PASS {_run(config)}: no violation in {_counts(stats)}",
+                          *_mutant_missed(config, "pass")])
     if result.verdict == "incomplete":
         return "\n".join([
             f"INCOMPLETE {_run(config)}: {result.reason or 'stopped'}",
             f"covered {_counts(stats)}, {stats.transitions} transitions, max depth {stats.max_depth};"
             " no violation so far",
+            *_mutant_missed(config, "incomplete"),
         ])
     assert result.violation is not None
     v = result.violation

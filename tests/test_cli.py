@@ -97,7 +97,8 @@ def test_violation_text_reads_like_a_splat() -> None:
     assert " vcpu_run" in lines[trace + 2:lines.index(" </TASK>")]
     assert any(line.startswith("Interleaving (") for line in lines)
     assert "/* 1 -> 0: last reference */" in r.stdout
-    assert lines[-2].startswith("schedule: ")
+    assert lines[-3].startswith("schedule: ")
+    assert lines[-2] == "threads:  0=vcpu0, 1=vcpu1, 2=destroy, 3=rcu, 4=kworker/u:0"  # (v6.5)
     assert lines[-1].startswith("replay:   tdpmmu replay vcpu-load --kernel v6.5 --mutant refcount-one ")
     assert all(len(line) <= 100 for line in lines if not line.startswith(("schedule:", "replay:")))
 

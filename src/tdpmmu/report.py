@@ -171,6 +171,16 @@ def _mutant_lines(config: Config, violation: Violation) -> list[str]:
     return [f"mutant {config.mutant}: {hit} ({' or '.join(expected)})"]
 
 
+def thread_names(config: Config) -> list[str]:
+    """Each thread's name, by the number a schedule gives it."""
+    _, specs = config.program().build()
+    return [spec.name for spec in specs]
+
+
+def _threads(config: Config) -> str:
+    return "threads:  " + ", ".join(f"{i}={name}" for i, name in enumerate(thread_names(config)))
+
+
 def _mutant_missed(config: Config, verdict: str) -> list[str]:
     """What a run of a mutant that found nothing means: no bug here, or not yet."""
     if not config.mutant:
@@ -209,6 +219,7 @@ def render_result(config: Config, result: Result) -> str:
         f"VIOLATION {_run(config)}: {v.kind} after {_counts(stats)}",
         *_mutant_lines(config, v),
         f"schedule: {encode(result.schedule)}",
+        _threads(config),
         f"replay:   {replay_command(config, result.schedule)}",
     ])
 
@@ -225,7 +236,7 @@ def render_replay(
     else:
         end = "the execution ran to its end" if finished else "the execution can go on"
         parts.append(f"NO VIOLATION {_run(config)}: {len(trace)} steps replayed, {end}")
-    parts.append(f"schedule: {encode(schedule)}")
+    parts += [f"schedule: {encode(schedule)}", _threads(config)]
     return "\n".join(parts)
 
 
@@ -268,6 +279,7 @@ def _config_json(config: Config) -> dict[str, Any]:
         "vcpus": config.vcpus,
         "gfns": config.nr_gfns,
         "movers": config.movers,
+        "threads": thread_names(config),  # (a schedule's thread ids index it)
     }
     if config.mutant:
         out["expected"] = expected_kinds(config)

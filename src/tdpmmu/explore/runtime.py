@@ -61,6 +61,8 @@ class Op:
         self.moves_left = moves_left
 
     def label(self) -> str:
+        if not self.args and not self.name.isidentifier():
+            return self.name  # a description ("walk roots"), not a call
         return f"{self.name}({', '.join(str(a) for a in self.args)})"
 
 

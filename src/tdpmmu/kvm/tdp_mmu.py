@@ -331,7 +331,7 @@ class TdpMmu:
 
     def kvm_tdp_mmu_invalidate_all_roots(self, kvm: Kvm) -> Steps:
         self.tdp_mmu_invalidate_lockdep(kvm)
-        yield Op("kvm_tdp_mmu_invalidate_all_roots: walk roots")
+        yield Op("walk roots")
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
             self.tdp_mmu_invalidate_root(kvm, pos.container())
 

@@ -102,7 +102,7 @@ class V6_14(Kernel):
         if WARN_ON_ONCE(root_types & KVM_INVALID_ROOTS, "root_types & KVM_INVALID_ROOTS"):
             root_types &= ~KVM_INVALID_ROOTS
         self.tdp_mmu_invalidate_lockdep(kvm)
-        yield Op("kvm_tdp_mmu_invalidate_roots: walk roots")
+        yield Op("walk roots")
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
             root = pos.container()
             if self.tdp_mmu_root_match(root, cast(bool, root_types)):

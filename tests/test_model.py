@@ -99,8 +99,8 @@ def test_seed_question_zap_invalidated_roots_meets_a_new_valid_root() -> None:
     allocs = [i for i, (t, a) in enumerate(actions) if a.startswith("list_add_rcu(")]
     zapper_lock = [i for i, (t, a) in enumerate(actions) if t == "memslot" and a.startswith("read_lock(")]
     # the root that trips it is published after the invalidation (under the read lock)
-    assert len(allocs) == 2 and allocs[1] > actions.index(
-        next(x for x in actions if x[1].startswith("kvm_tdp_mmu_invalidate_all_roots")))
+    invalidation = next(i for i, s in enumerate(r.trace) if s.function == "kvm_tdp_mmu_invalidate_all_roots")
+    assert len(allocs) == 2 and allocs[1] > invalidation
     assert zapper_lock
 
 

@@ -183,7 +183,7 @@ def replay_violation(prog: Any, schedule: Schedule, max_steps: int = 0) -> Viola
             assert i == len(schedule) - 1, f"replay reported {v.kind} early, at step {i}"
             return v
     if not ex.enabled():
-        return ex.deadlock() if not ex.finished() else ex.finish()
+        return ex.outcome()
     return None
 
 

@@ -50,7 +50,7 @@ def _replayed_violation(row: CorpusRow, vcpus: int, schedule: Schedule) -> Viola
     ex = Execution.replay(row_program(row, vcpus), schedule, tracing=True)
     v = ex.world.violation
     if v is None and not ex.enabled():  # found by an end-of-execution check
-        v = ex.deadlock() if not ex.finished() else ex.finish()
+        v = ex.outcome()
     return v
 
 

@@ -840,6 +840,14 @@ class Execution:
             h = self._thread_memo[key] = hash(tuple([frame_hash(f, rename) for f in self.frames[tid]]))
         return h
 
+    def outcome(self) -> Violation | None:
+        """What an execution in which nothing can run ends in: the model error that
+        left nothing enabled (a guard that raised), a deadlock, or what the
+        end-of-execution check says."""
+        if self.world.violation is not None:
+            return self.world.violation
+        return self.deadlock() if not self.finished() else self.finish()
+
     def deadlock(self) -> Violation:
         blocked = [f"{t.name} waits in {t.pending.label()}" for t in self.threads
                    if t.alive and not t.daemon and t.pending is not None]
@@ -908,7 +916,7 @@ def replay_checked(
         if v is not None:
             return ex, v
     if not ex.enabled():
-        return ex, (ex.deadlock() if not ex.finished() else ex.finish())
+        return ex, ex.outcome()
     return ex, None
 
 

@@ -13,7 +13,7 @@ from tdpmmu.kernel.rcu import RCU, rcu_callback_thread, rcu_init
 from tdpmmu.kernel.rculist import list_empty, list_for_each
 from tdpmmu.kernel.workqueue import worker_thread, workqueue_struct
 from tdpmmu.kvm.scenarios import Scenario
-from tdpmmu.kvm.structs import Kvm, kvm_mmu_page, kvm_vcpu
+from tdpmmu.kvm.structs import Kvm, RoleWord, kvm_mmu_page, kvm_vcpu
 from tdpmmu.kvm.x86 import Kernel
 
 
@@ -65,7 +65,7 @@ class KvmProgram:
     def check_state(self, world: World) -> None:
         """Invariants of every state (kernel-protocol.md §6)."""
         assert self.kvm is not None
-        valid_words = set()
+        valid: dict[RoleWord, kvm_mmu_page] = {}  # role word -> the first valid root with it
         for pos in list_for_each(self.kvm.arch.tdp_mmu_roots):
             root = pos.container()
             assert isinstance(root, kvm_mmu_page)
@@ -73,10 +73,14 @@ class KvmProgram:
                 world.report("invariant", f"{root!r} is scheduled to zap but still valid")
             if not root.role.invalid:
                 word = root.role.word
-                if word in valid_words:
-                    world.report("duplicate-root",
-                                 f"{root!r} is a second valid root with role.word {word}")
-                valid_words.add(word)
+                if word in valid:
+                    level, direct, smm, guest_mode, _, is_mirror = word
+                    older, newer = sorted((valid[word], root), key=lambda r: r.oid)
+                    world.report("duplicate-root", (
+                        f"{older!r} and {newer!r} are both valid roots with one role "
+                        f"(level {level}, direct {int(direct)}, smm {smm}, guest_mode "
+                        f"{int(guest_mode)}, is_mirror {int(is_mirror)})"))
+                valid.setdefault(word, root)
 
     def check_final(self, world: World) -> None:
         """After VM destruction: nothing on the list, every root freed, no callback left."""

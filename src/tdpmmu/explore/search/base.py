@@ -62,11 +62,7 @@ class Search:
         """Judge an execution with no enabled transition: a deadlock, a failed
         end-of-execution check, or a final state to record. Counts the execution."""
         self.stats.executions += 1
-        if ex.world.violation is not None:  # (a guard's model error: Execution.enabled)
-            return ex.world.violation, list(path)
-        if not ex.finished():
-            return ex.deadlock(), list(path)
-        violation = ex.finish()
+        violation = ex.outcome()
         if violation is not None:
             return violation, list(path)
         self.final_states.add(ex.fingerprint())

@@ -50,7 +50,7 @@ class RandomPct(Search):
             enabled = ex.enabled()
             if not enabled:
                 stats.executions += 1
-                v = ex.deadlock() if not ex.finished() else ex.finish()
+                v = ex.outcome()
                 return (v, schedule) if v is not None else None
             top = max(prio[t] for t, _ in enabled)
             tid = next(t for t, _ in enabled if prio[t] == top)

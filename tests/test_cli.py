@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -76,6 +77,37 @@ def test_a_mutant_that_is_not_caught_says_so_and_where_it_would_be() -> None:
     assert r.exit_code == 3 and "mutant zap-unscheduled-roots: not caught so far" in r.stdout
     r = run("check", "stress", "--vcpus", "1", "--mutant", "put-before-zap", "--max-states", "0")
     assert r.exit_code == 0 and "mutant put-before-zap: harmless on v6.9, as claimed" in r.stdout
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--random", "10", "--search", "dpor"], "--random is a search of its own: it does not take --search"),
+    (["--seed", "3"], "--seed is the seed of --random: give --random RUNS too"),
+])
+def test_options_that_would_be_ignored_are_bad_input(args: list[str], says: str) -> None:
+    r = run("check", "vcpu-load", *args)
+    assert r.exit_code == 2 and says in r.output
+
+
+def test_the_shortening_of_a_trace_stays_within_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tdpmmu.api
+
+    given: list[float] = []
+    real = tdpmmu.api.shortest
+
+    def spy(program: Any, found: Any, limits: Limits, **kwargs: Any) -> Any:
+        given.append(limits.shrink_time)
+        return real(program, found, limits, **kwargs)
+
+    monkeypatch.setattr(tdpmmu.api, "shortest", spy)
+    config = Config("vcpu-load", mutant="no-recheck")
+    r = tdpmmu.api.check(config, Limits(time_limit=30.0, shrink_time=60.0))
+    assert r.verdict == "violation" and given and given[0] <= 30.0 - r.stats.seconds
+    tdpmmu.api.check(config, Limits(shrink_time=60.0))  # no time limit: the shrink time as given
+    assert given[1] == 60.0
+
+
+def test_h_is_help() -> None:
+    assert run("check", "-h").stdout.startswith("Usage: tdpmmu check")
 
 
 def test_json_without_mutant_has_null_mutant() -> None:

@@ -15,7 +15,7 @@ FAST = Limits(shrink_time=0)
 def test_preemption_bound_never_passes() -> None:
     r = check(Config("vcpu-load", preemptions=1), FAST)
     assert r.verdict == "incomplete"
-    assert "preemptions" in r.reason
+    assert "preemption" in r.reason
 
 
 def test_preemption_bound_grows_coverage_within_the_full_space() -> None:

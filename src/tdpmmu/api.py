@@ -5,7 +5,7 @@ Everything the CLI, the tests and the benchmarks run goes through ``check``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.search.base import Progress, Search
@@ -82,6 +82,10 @@ class Config:
             raise BadInput(f"--random must be 0 or more, not {self.random_runs}")
         if self.random_runs and self.preemptions is not None:
             raise BadInput("--random and --preemptions are separate searches: pick one")
+        if self.random_runs and self.search != "auto":
+            raise BadInput(f"--random is a search of its own: it does not take --search {self.search}")
+        if self.seed and not self.random_runs:
+            raise BadInput("--seed is the seed of --random: give --random RUNS too")
 
     @property
     def effective_search(self) -> str:
@@ -120,5 +124,8 @@ def check(config: Config, limits: Limits | None = None, progress: Progress | Non
                             preemptions=config.preemptions)
     result = search.run()
     if result.verdict == "violation" and config.shrink:
+        if limits.time_limit:  # (the shortening is part of the run the user bounded)
+            left = max(0.0, limits.time_limit - result.stats.seconds)
+            limits = replace(limits, shrink_time=min(limits.shrink_time, left))
         result = shortest(program, result, limits, symmetry=symmetry)
     return result

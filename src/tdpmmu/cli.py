@@ -73,6 +73,7 @@ app = typer.Typer(
     name=PROG,
     help="Check the KVM x86 TDP MMU root protocol model over every interleaving.",
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )

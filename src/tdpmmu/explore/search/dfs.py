@@ -39,7 +39,8 @@ class DepthFirst(Search):
 
     def not_exhaustive(self) -> str:
         if self.preemptions is not None:
-            return f"every schedule with at most {self.preemptions} preemptions explored; not a proof"
+            return (f"every schedule with at most {self.preemptions} "
+                    f"preemption{'' if self.preemptions == 1 else 's'} explored; not a proof")
         if self.depth_bound:
             return f"every schedule of at most {self.depth_bound} steps explored; not a proof"
         return ""

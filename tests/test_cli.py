@@ -106,6 +106,17 @@ def test_the_shortening_of_a_trace_stays_within_the_time_limit(monkeypatch: pyte
     assert given[1] == 60.0
 
 
+def test_the_trace_ends_where_the_violation_fired() -> None:
+    """The splat says what fired; the interleaving shows where, under its last step, and
+    which root the seed question's KVM_BUG_ON met."""
+    lines = run("check", "memslot-delete", "--mutant", "zap-unscheduled-roots").stdout.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("VIOLATION ")) - 1
+    fired = next(i for i in range(end) if "<-- KVM_BUG_ON" in lines[i])
+    tail = " ".join(line.strip() for line in lines[fired:end])
+    assert tail.startswith("kvm_tdp_mmu_zap_invalidated_roots:") and "KVM_BUG_ON(!root->role.invalid)" in tail
+    assert "/* root1 is valid */" in lines[fired - 1]
+
+
 def test_h_is_help() -> None:
     assert run("check", "-h").stdout.startswith("Usage: tdpmmu check")
 

@@ -123,11 +123,27 @@ def render_splat(config: Config, violation: Violation, trace: list[TraceStep]) -
 # -- the interleaving -----------------------------------------------------------------
 
 
-def render_trace(trace: list[TraceStep], width: int = WIDTH) -> str:
+def render_trace(trace: list[TraceStep], width: int = WIDTH, fired: Violation | None = None) -> str:
     """One line per step; each thread indented by 2 * its id, its name shown only when
-    the running thread changes. Notes (what the step did) follow as a C comment."""
+    the running thread changes. Notes (what the step did) follow as a C comment. A
+    violation ``fired`` in the last step is shown under it, where it fired."""
     if not trace:
         return "  (no steps)"
+    text = _render_steps(trace, width)
+    if fired is None:
+        return text
+    last = trace[-1]
+    indent = f"  {' ' * len(str(last.index))}  {' ' * (2 * last.tid)}{' ' * len(last.thread)}  "
+    where = f"{fired.function}: " if fired.function else ""
+    message = fired.message.splitlines()[0] if fired.message else fired.kind
+    line = f"{indent}{where}{message}   <-- {fired.kind}"
+    if len(line) <= width:
+        return f"{text}\n{line}"
+    wrapped = textwrap.wrap(message, width - len(indent) - 2)
+    return "\n".join([text, f"{indent}{where}<-- {fired.kind}", *(f"{indent}  {w}" for w in wrapped)])
+
+
+def _render_steps(trace: list[TraceStep], width: int) -> str:
     name_w = max(len(s.thread) for s in trace)
     num_w = len(str(trace[-1].index))
     lines = []
@@ -214,7 +230,7 @@ def render_result(config: Config, result: Result) -> str:
         "",
         f"Interleaving ({len(result.trace)} steps, "
         f"{'a shortest one' if result.minimal else 'not proved shortest'}):",
-        render_trace(result.trace),
+        render_trace(result.trace, fired=v),
         "",
         f"VIOLATION {_run(config)}: {v.kind} after {_counts(stats)}",
         *_mutant_lines(config, v),

@@ -387,6 +387,8 @@ class TdpMmu:
         if not root.tdp_mmu_scheduled_root_to_zap:
             return
         root.tdp_mmu_scheduled_root_to_zap = False
+        if not root.role.invalid:  # (which root, for the trace)
+            world().note("{!r} is valid", root)
         KVM_BUG_ON(not root.role.invalid, kvm, "!root->role.invalid")
         yield from self.zap_then_put_root(kvm, root)
 

@@ -117,6 +117,14 @@ def test_the_trace_ends_where_the_violation_fired() -> None:
     assert "/* root1 is valid */" in lines[fired - 1]
 
 
+def test_version_and_contradicting_symmetry_options() -> None:
+    r = run("--version")
+    assert r.exit_code == 0 and r.stdout.startswith("tdpmmu ")
+    r = run("check", "vcpu-load", "--no-symmetry", "--symmetry", "on")
+    assert r.exit_code == 2 and "--no-symmetry and --symmetry on say opposite things" in r.output
+    assert run("check", "vcpu-load", "--vcpus", "1", "--no-symmetry", "--symmetry", "off").exit_code == 0
+
+
 def test_h_is_help() -> None:
     assert run("check", "-h").stdout.startswith("Usage: tdpmmu check")
 

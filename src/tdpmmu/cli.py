@@ -17,7 +17,7 @@ from rich.status import Status
 from rich.text import Text
 from typer.core import TyperGroup
 
-from tdpmmu import report
+from tdpmmu import __version__, report
 from tdpmmu.api import BadInput, Config, kernel_for
 from tdpmmu.api import check as run_check
 from tdpmmu.explore.execution import replay_checked
@@ -155,6 +155,7 @@ class ProgressDisplay:
 
 @app.command()
 def check(
+    ctx: typer.Context,
     scenario: Scenario,
     kernel: Kernel = None,
     mutant: Mutant = None,
@@ -197,6 +198,9 @@ def check(
     ] = None,
 ) -> None:
     """Explore every interleaving of SCENARIO; exit 0 pass, 1 violation, 2 bad input, 3 incomplete."""
+    given = ctx.get_parameter_source("symmetry")
+    if no_symmetry and symmetry == "on" and given is not None and given.name == "COMMANDLINE":
+        fail("--no-symmetry and --symmetry on say opposite things: give one")
     config = Config(scenario, kernel or kernel_for(mutant), mutant, vcpus, gfns, cache=not no_cache,
                     symmetry=_on(symmetry, "--symmetry") and not no_symmetry, movers=_on(movers),
                     search=search, preemptions=preemptions, random_runs=random_runs, seed=seed)
@@ -308,6 +312,20 @@ _SIGNALLED: list[int] = []
 def _interrupt(signum: int, frame: object) -> None:
     _SIGNALLED.append(signum)
     raise KeyboardInterrupt
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit(EXIT_PASS)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Check the KVM x86 TDP MMU root protocol model over every interleaving."""
 
 
 def main() -> None:

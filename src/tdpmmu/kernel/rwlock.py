@@ -84,6 +84,7 @@ def write_lock(lock: rwlock_t) -> Generator[Op, int, None]:
     # A fast path here would depend on whether readers hold the lock, and so would not
     # commute with read_unlock; this way the unlocks are left movers.
     lock.waiting_writers = (*lock.waiting_writers, me)
+    w.note("queued")  # (the trace's first of the two write_lock steps)
     yield Op(
         "write_lock",
         lock,
@@ -91,6 +92,7 @@ def write_lock(lock: rwlock_t) -> Generator[Op, int, None]:
     )
     lock.waiting_writers = lock.waiting_writers[1:]
     lock.writer = me
+    w.note("taken")
 
 
 @primitive

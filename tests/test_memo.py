@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from conftest import Box, Prog, Shared, log
 from tdpmmu.api import Config, check
-from tdpmmu.explore.execution import Execution
+from tdpmmu.explore.execution import Execution, thread_frames
 from tdpmmu.explore.memo import StepMemo
 from tdpmmu.explore.result import Limits, Result
 from tdpmmu.explore.runtime import Op
@@ -170,3 +170,26 @@ def test_random_search() -> None:
     results = [check(Config("memslot-delete", vcpus=2, random_runs=30, seed=3, memo=memo), FAST)
                for memo in (True, False)]
     assert counts(results[0]) == counts(results[1])
+
+
+def test_a_thread_fingerprints_alike_whenever_its_locals_were_read() -> None:
+    """``frame.f_locals`` is kept with the frame and updated in place: its order is the
+    order in which the locals were first seen bound, so a generator whose locals were
+    read at an earlier point (the original, at every step) and one read only now (a
+    rebuilt one) would list them differently. The fingerprint uses slot order."""
+
+    def thread() -> Any:
+        if False:
+            early = 0  # (first in slot order, bound last)
+        late = 1
+        yield Op("a")
+        early = 2
+        yield Op("b", early, late)
+
+    read_each_step, read_once = thread(), thread()
+    next(read_each_step)
+    thread_frames(read_each_step)
+    next(read_each_step)
+    next(read_once)
+    next(read_once)
+    assert thread_frames(read_each_step) == thread_frames(read_once)

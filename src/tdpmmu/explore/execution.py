@@ -19,7 +19,7 @@ import math
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import CellType, FrameType, FunctionType, GeneratorType
+from types import CellType, CodeType, FrameType, FunctionType, GeneratorType
 from typing import Any
 
 from tdpmmu.explore.memo import MISSING, Mover, Step, StepMemo, Writes, frozen
@@ -174,10 +174,28 @@ def _stack(g: Any) -> list[object]:
     return refs
 
 
+_SLOT_NAMES: dict[CodeType, tuple[str, ...]] = {}
+
+
+def _slot_names(code: CodeType) -> tuple[str, ...]:
+    """The names of a frame's local slots, in slot order (plain locals, then the cells
+    that are not arguments, then the free variables)."""
+    names = _SLOT_NAMES.get(code)
+    if names is None:
+        names = _SLOT_NAMES[code] = (*code.co_varnames,
+                                     *(c for c in code.co_cellvars if c not in code.co_varnames),
+                                     *code.co_freevars)
+    return names
+
+
 def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: ignore[type-arg]
-    """Position (code, instruction offset), named locals and the whole value stack of
-    every frame of a thread: what a thread's fingerprint hashes, kept so that symmetry
-    can rename it later."""
+    """Position (code, instruction offset), the names of the bound locals and the whole
+    value stack of every frame of a thread: what a thread's fingerprint hashes, kept so
+    that symmetry can rename it later. The names go in slot order, not in the order of
+    ``f_locals``: that dict is kept with the frame and updated in place, so its order
+    is the order in which its locals were first seen bound, which depends on when it
+    was read (a generator rebuilt from its log is read at other points than the one it
+    replaces), not on the state."""
     parts = []
     special = _SPECIAL.get
     g: Any = gen
@@ -185,8 +203,9 @@ def thread_frames(gen: GeneratorType) -> tuple[tuple[Any, ...], ...]:  # type: i
         f = g.gi_frame
         if f is None:
             break
+        bound = f.f_locals
         # (_value, inlined: this runs for every slot of every frame at every step)
-        parts.append((g.gi_code, f.f_lasti, *f.f_locals,
+        parts.append((g.gi_code, f.f_lasti, *[n for n in _slot_names(g.gi_code) if n in bound],
                       *[v if (fp := special(type(v))) is None else fp(v) for v in _stack(g)]))
         g = g.gi_yieldfrom
     return tuple(parts)

@@ -155,13 +155,16 @@ class V5_11(V6_8):
         kvm = vcpu.kvm
         yield from write_lock(kvm.mmu_lock)  # spin_lock()
         # Check for an existing root before allocating a new one (for_each_tdp_mmu_root:
-        # the role word holds the address space).
-        for pos in list_for_each(kvm.arch.tdp_mmu_roots):
-            root: kvm_mmu_page = pos.container()
-            if root.role.word == role.word:
-                yield from self.kvm_mmu_get_root(kvm, root)
-                yield from write_unlock(kvm.mmu_lock)
-                return root
+        # the role word holds the address space). The walk has no scheduling point; in
+        # an expression, its cursor ends with it (a cursor left in this frame would tell
+        # apart states that differ in nothing else, as v6.9's tdp_mmu_recheck_roots says).
+        found: kvm_mmu_page | None = next((root for root in (
+            pos.container() for pos in list_for_each(kvm.arch.tdp_mmu_roots))
+            if root.role.word == role.word), None)
+        if found is not None:
+            yield from self.kvm_mmu_get_root(kvm, found)
+            yield from write_unlock(kvm.mmu_lock)
+            return found
         root = self.tdp_mmu_alloc_sp(vcpu)  # alloc_tdp_mmu_page()
         set_name(root, next_name(kvm_mmu_page, "root"))
         self.tdp_mmu_init_sp(root, 0, role.word)

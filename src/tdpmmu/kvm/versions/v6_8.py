@@ -11,7 +11,7 @@ from tdpmmu.kernel.lockdep import lockdep_assert_held_write
 from tdpmmu.kernel.rculist import list_add_rcu, list_for_each
 from tdpmmu.kernel.rwlock import read_lock, read_unlock, write_lock, write_unlock
 from tdpmmu.kernel.spinlock import spin_lock, spin_unlock
-from tdpmmu.kvm.structs import PG_LEVEL_1G, Kvm, kvm_mmu, kvm_mmu_page, kvm_vcpu
+from tdpmmu.kvm.structs import PG_LEVEL_1G, Kvm, kvm_mmu, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
 from tdpmmu.kvm.tdp_mmu import kvm_mmu_page_as_id, kvm_mmu_role_as_id
 from tdpmmu.kvm.x86 import Kernel
 
@@ -98,14 +98,27 @@ class V6_8(V6_8_P6):
         role = vcpu.arch.mmu.root_role
         kvm = vcpu.kvm
         lockdep_assert_held_write(kvm.mmu_lock)
-        # for_each_tdp_mmu_root(): valid and invalid roots; role.word holds `invalid`.
+        root = yield from self.tdp_mmu_find_vcpu_root(kvm, role)
+        if root is not None:
+            return root
+        root = yield from self.tdp_mmu_new_root(vcpu, role)
+        yield from self.tdp_mmu_link_root(kvm, root)
+        return root
+
+    @inline
+    def tdp_mmu_find_vcpu_root(
+        self, kvm: Kvm, role: kvm_mmu_page_role
+    ) -> Generator[Op, int, kvm_mmu_page | None]:
+        """The for_each_tdp_mmu_root() walk of that function: a referenced root for
+        ``role``, or None. Valid and invalid roots (role.word holds `invalid`). In a
+        function of its own, so that its cursor ends with it (as v6.9's
+        tdp_mmu_recheck_roots: a cursor left in the caller's frame would tell apart
+        states that differ in nothing else)."""
         for pos in list_for_each(kvm.arch.tdp_mmu_roots):
             root = pos.container()
             lockdep_assert_held_write(kvm.mmu_lock)
             if kvm_mmu_page_as_id(root) != kvm_mmu_role_as_id(role):
                 continue
             if root.role.word == role.word and (yield from self.kvm_tdp_mmu_get_root(root)):
-                return root  # type: ignore[no-any-return]
-        root = yield from self.tdp_mmu_new_root(vcpu, role)
-        yield from self.tdp_mmu_link_root(kvm, root)
-        return root
+                return root
+        return None

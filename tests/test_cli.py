@@ -125,6 +125,16 @@ def test_version_and_contradicting_symmetry_options() -> None:
     assert run("check", "vcpu-load", "--vcpus", "1", "--no-symmetry", "--symmetry", "off").exit_code == 0
 
 
+def test_bad_input_with_json_is_also_one_json_object_on_stdout() -> None:
+    for args in (["check", "nosuch", "--json"], ["check", "vcpu-load", "--vcpus", "99", "--json"],
+                 ["replay", "vcpu-load", "-s", "9", "--json"]):
+        bad = subprocess.run([sys.executable, "-m", "tdpmmu", *args], capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, args
+        out = json.loads(bad.stdout)
+        assert out["verdict"] == "error" and out["error"] in bad.stderr, args
+
+
 def test_h_is_help() -> None:
     assert run("check", "-h").stdout.startswith("Usage: tdpmmu check")
 

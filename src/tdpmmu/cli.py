@@ -30,8 +30,19 @@ EXIT = {"pass": EXIT_PASS, "violation": EXIT_VIOLATION, "incomplete": EXIT_INCOM
 PROG = "tdpmmu"
 
 
-def fail(message: str) -> NoReturn:
+# Whether the command line asks for --json: then bad input is also one JSON object on
+# stdout, for a script that reads only that.
+_JSON_ASKED: list[bool] = [False]
+
+
+def _say_error(message: str) -> None:
     typer.echo(f"{PROG}: error: {message}", err=True)
+    if _JSON_ASKED[0]:
+        typer.echo(json.dumps({"verdict": "error", "error": message}))
+
+
+def fail(message: str) -> NoReturn:
+    _say_error(message)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -53,6 +64,7 @@ class _Group(TyperGroup):
             args = (_symmetry_flag(list(args[0] if args[0] is not None else sys.argv[1:])), *args[1:])
         else:
             kwargs["args"] = _symmetry_flag(list(kwargs.get("args") or sys.argv[1:]))
+        _JSON_ASKED[0] = "--json" in (args[0] if args else kwargs["args"])
         if not kwargs.get("standalone_mode", True):  # the caller handles errors
             return super().main(*args, **kwargs)
         kwargs.update(standalone_mode=False, prog_name=kwargs.get("prog_name") or PROG)
@@ -61,7 +73,7 @@ class _Group(TyperGroup):
         except typer.TyperException as e:  # typer's own usage errors: exit code 2
             ctx = getattr(e, "ctx", None)
             hint = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"{PROG}: error: {e.format_message()}{hint}", err=True)
+            _say_error(f"{e.format_message()}{hint}")
             sys.exit(e.exit_code)
         except typer.Abort:
             sys.exit(130)

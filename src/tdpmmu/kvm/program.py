@@ -13,7 +13,7 @@ from tdpmmu.kernel.rcu import RCU, rcu_callback_thread, rcu_init
 from tdpmmu.kernel.rculist import list_empty, list_for_each
 from tdpmmu.kernel.workqueue import worker_thread, workqueue_struct
 from tdpmmu.kvm.scenarios import Scenario
-from tdpmmu.kvm.structs import Kvm, RoleWord, kvm_mmu_page, kvm_vcpu
+from tdpmmu.kvm.structs import Kvm, RoleWord, kvm_mmu_page, kvm_mmu_page_role, kvm_vcpu
 from tdpmmu.kvm.x86 import Kernel
 
 
@@ -74,12 +74,9 @@ class KvmProgram:
             if not root.role.invalid:
                 word = root.role.word
                 if word in valid:
-                    level, direct, smm, guest_mode, _, is_mirror = word
                     older, newer = sorted((valid[word], root), key=lambda r: r.oid)
-                    world.report("duplicate-root", (
-                        f"{older!r} and {newer!r} are both valid roots with one role "
-                        f"(level {level}, direct {int(direct)}, smm {smm}, guest_mode "
-                        f"{int(guest_mode)}, is_mirror {int(is_mirror)})"))
+                    world.report("duplicate-root", f"{older!r} and {newer!r} are both valid roots "
+                                 f"with one role ({kvm_mmu_page_role.describe(word)})")
                 valid.setdefault(word, root)
 
     def check_final(self, world: World) -> None:

@@ -77,6 +77,13 @@ class kvm_mmu_page_role(Struct):
     def word(self, value: RoleWord) -> None:
         self.level, self.direct, self.smm, self.guest_mode, self.invalid, self.is_mirror = value
 
+    @staticmethod
+    def describe(word: RoleWord) -> str:
+        """A role word's fields by name, for messages (reads no memory)."""
+        level, direct, smm, guest_mode, invalid, is_mirror = word
+        return (f"level {level}, direct {int(direct)}, smm {smm}, guest_mode {int(guest_mode)}, "
+                f"invalid {int(invalid)}, is_mirror {int(is_mirror)}")
+
 
 class kvm_mmu_page(Struct):
     """A TDP MMU page table: a root (on ``tdp_mmu_roots``, refcounted) or a child

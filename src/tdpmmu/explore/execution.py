@@ -273,11 +273,9 @@ class Execution:
         # cells of every group's members' own objects
         self._groups: dict[tuple[tuple[int, int], ...], tuple[int, Rename]] = {}
         self._member_cells: dict[int, list[tuple[int, str]]] = {}
-        # What depends on the world alone, by (renaming id, World.h): a member's own
-        # cells anonymised and hashed, the renamed world's hash
-        self._own_memo: dict[tuple[int, int, int], int] = {}
+        self._own_memo: dict[tuple[int, tuple[Any, ...]], int] = {}  # _member_orders' hashes
+        # The renamed world's hash, a function of the world alone: by (renaming id, World.h)
         self._world_memo: dict[tuple[int, int], int] = {}
-        self._values_memo: dict[tuple[int, tuple[Any, ...]], int] = {}  # own cells' hashes
         self._delta_memo: dict[tuple[int, int, tuple[Any, ...]], int] = {}  # member_delta's
         self._canonical_memo: dict[int, tuple[int, Renaming | None]] = {}  # see canonical
         set_world(world)
@@ -793,22 +791,15 @@ class Execution:
         how many orders are tried.)"""
         anon_id, rename = anon
         memo = self._own_memo
-        wh = self.world.h
+        cells = self.world.cells
         keyed = []
         for t, o in group:
-            # A member's own cells, anonymised and hashed: a function of the world, so
-            # remembered by its hash (many states share a world).
-            key = anon_id, o, wh
+            # A member's own cells, anonymised and hashed, remembered by their values
+            # (few vCPU steps change them).
+            key = anon_id, tuple([cells[k] for k in self._member_cells[o]])
             h = memo.get(key)
-            if h is None:  # (and by its values: few vCPU steps change them)
-                if len(memo) >= self.CANONICAL_MEMO:
-                    memo.clear()
-                cells = self.world.cells
-                values = anon_id, tuple([cells[k] for k in self._member_cells[o]])
-                h = self._values_memo.get(values)
-                if h is None:
-                    h = self._values_memo[values] = hash(tuple(map(rename, values[1])))
-                memo[key] = h
+            if h is None:
+                h = memo[key] = hash(tuple(map(rename, key[1])))
             keyed.append(((self._thread_hash(t, anon_id, rename), h), t, o))
         keyed.sort()
         if all(keyed[i][0] != keyed[i + 1][0] for i in range(len(keyed) - 1)):
